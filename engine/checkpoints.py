@@ -1,0 +1,110 @@
+"""Checkpoints: atomic saves, safe loads (weights_only), a format version and clear errors.
+
+A checkpoint file holds the model's state, the optimiser's state, progress counters, RNG states
+and the full RunConfig as a dict, so the file alone rebuilds its model.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import RunConfig
+from engine.errors import CheckpointError, ConfigError
+
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text so that readers see the old file or the new one, never half of one."""
+    _atomic(Path(path), lambda f: f.write(text.encode()))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file and os.replace."""
+    _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def save_checkpoint(path: Path, cfg: RunConfig, model: torch.nn.Module, optimizer=None,
+                    **state: Any) -> None:
+    """Save model (+ optimiser, counters, RNG states) with the config embedded."""
+    payload = {"format_version": FORMAT_VERSION, "config": cfg.to_dict(),
+               "model": model.state_dict(), **state}
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    atomic_save(payload, Path(path))
+
+
+def resolve(path: str | Path) -> Path:
+    """A run directory or a checkpoint file -> the checkpoint file."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_NAME
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint at {path} (expected a run directory holding {CHECKPOINT_NAME}, or the file)")
+    return p
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint dict safely, turning torch's failures into a clear CheckpointError."""
+    p = resolve(path)
+    try:
+        ck = torch.load(p, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{p} is not a readable checkpoint (truncated or corrupt?): {e}") from e
+    if not isinstance(ck, dict) or "format_version" not in ck:
+        raise CheckpointError(f"{p} is not a checkpoint written by this engine (no format_version)")
+    if ck["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{p} has checkpoint format version {ck['format_version']}; "
+                              f"this engine reads version {FORMAT_VERSION}")
+    for key in ("config", "model"):
+        if key not in ck:
+            raise CheckpointError(f"{p} lacks its '{key}' entry")
+    return ck
+
+
+def config_of(ck: dict, path: Any = "checkpoint") -> RunConfig:
+    try:
+        return RunConfig.from_dict(ck["config"]).validate()
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its embedded config is invalid: {e}") from e
+
+
+def load_state(model: torch.nn.Module, state: dict, path: Any = "checkpoint") -> None:
+    """load_state_dict(strict) with a message that names what does not fit."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}")
+        if wrong:
+            parts.append("shape mismatch " + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                                       for k in wrong[:5]))
+        raise CheckpointError(f"{path}: the saved weights do not fit the model its config describes: "
+                              + "; ".join(parts))
+    model.load_state_dict(state)

@@ -1,0 +1,161 @@
+"""Typed run configuration: dataclasses saved as JSON beside every checkpoint.
+
+A run's ``config.json`` holds a ``RunConfig``; it alone is enough to rebuild the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+DATASETS = ("mnist-svhn", "cub", "cub-synthetic")
+SOURCES = ("offline", "real")
+
+
+@dataclass
+class DataConfig:
+    """Which data, how much of it, and how pairs are made (paper §4.1, §4.4)."""
+
+    dataset: str = "mnist-svhn"
+    source: str = "offline"          # offline: embedded default; real: torchvision / CUB files under root
+    root: str | None = None          # data root for real sources (and cub-synthetic output)
+    download: bool = False           # allow torchvision downloads (needs internet)
+    data_fraction: float = 1.0       # n% of each unimodal set, taken before pairing
+    dm: int = 30                     # partners of the same digit per instance (MNIST-SVHN pairing)
+    seed: int = 0
+    features: str = "efficientnet-lite0"   # CUB image features: efficientnet-lite0 | resnet101
+
+    def validate(self) -> None:
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("source", self.source, SOURCES)
+        _choice("features", self.features, ("efficientnet-lite0", "resnet101"))
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ConfigError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
+        if self.dm < 1:
+            raise ConfigError(f"dm must be >= 1, got {self.dm}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture: the model family and the latent space."""
+
+    family: str = "mmvae"            # mmvae | mvae | jmvae
+    latent_dim: int = 20
+    learn_prior: bool = False        # learnable prior scale (MMVAE)
+    alpha: float = 0.01              # JMVAE-kl weight on the KL(q(z|x,y) || q(z|x_m)) terms
+    vocab_size: int = 0              # CUB sentence model (filled in from the data)
+    feature_dim: int = 0             # CUB image features width (filled in from the data)
+
+    def validate(self) -> None:
+        _choice("family", self.family, ("mmvae", "mvae", "jmvae"))
+        if self.latent_dim < 1:
+            raise ConfigError(f"latent_dim must be >= 1, got {self.latent_dim}")
+        if self.alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+
+
+@dataclass
+class ObjectiveConfig:
+    """Eq. (4): -gamma * log p(x,y) + 1/2 [log sum_N p(x',y) + log sum_N p(x,y')]."""
+
+    contrastive: str | None = None   # None: the model's usual objective; "iwae" (cI-) or "cubo" (cC-)
+    K: int = 30
+    N: int = 5
+    gamma: float = 2.0
+    dreg: bool = False               # DReG gradients for MMVAE's IWAE term
+
+    def validate(self) -> None:
+        if self.contrastive not in (None, "iwae", "cubo"):
+            raise ConfigError(f"contrastive must be one of None, 'iwae', 'cubo', got {self.contrastive!r}")
+        if self.K < 1:
+            raise ConfigError(f"K must be >= 1, got {self.K}")
+        if self.N < 1:
+            raise ConfigError(f"N (negatives) must be >= 1, got {self.N}")
+        if not (self.gamma > 0 or math.isinf(self.gamma)):
+            raise ConfigError(f"gamma must be > 0, got {self.gamma}")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    max_nonfinite: int = 10          # stop after this many non-finite losses in a row
+
+    def validate(self) -> None:
+        _choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
+        for name in ("epochs", "batch_size", "max_nonfinite"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild and retrain a run."""
+
+    variant: str = "MMVAE"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "RunConfig":
+        for part in (self.data, self.model, self.objective, self.train):
+            part.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if math.isinf(d["objective"]["gamma"]):
+            d["objective"]["gamma"] = "inf"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        try:
+            obj = dict(d.get("objective", {}))
+            if obj.get("gamma") == "inf":
+                obj["gamma"] = math.inf
+            return cls(
+                variant=d.get("variant", "MMVAE"),
+                data=DataConfig(**d.get("data", {})),
+                model=ModelConfig(**d.get("model", {})),
+                objective=ObjectiveConfig(**obj),
+                train=TrainConfig(**d.get("train", {})),
+            )
+        except TypeError as e:
+            raise ConfigError(f"config does not match this engine's RunConfig: {e}") from e
+
+    def save(self, path: str | Path) -> None:
+        from engine.checkpoints import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no config at {path}")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from e
+
+
+def _choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")

@@ -1,0 +1,20 @@
+"""Multimodal VAEs (MMVAE, MVAE, JMVAE) over per-modality encoders and decoders."""
+from engine.models.base import Encoded, MultimodalVAE
+from engine.models.jmvae import JMVAE
+from engine.models.mmvae import MMVAE
+from engine.models.modalities import build_modalities
+from engine.models.mvae import MVAE
+
+FAMILIES = {"mmvae": MMVAE, "mvae": MVAE, "jmvae": JMVAE}
+
+
+def build_model(dataset: str, family: str, latent_dim: int = 20, learn_prior: bool = False,
+                alpha: float = 0.01, vocab_size: int = 0, feature_dim: int = 0) -> MultimodalVAE:
+    """A model of the given family over the dataset's modalities."""
+    mods = build_modalities(dataset, latent_dim, vocab_size, feature_dim)
+    if family == "jmvae":
+        return JMVAE(mods, latent_dim, learn_prior, alpha)
+    return FAMILIES[family](mods, latent_dim, learn_prior)
+
+
+__all__ = ["Encoded", "MultimodalVAE", "MMVAE", "MVAE", "JMVAE", "FAMILIES", "build_model"]

@@ -1,0 +1,150 @@
+"""The one interface the objectives need, shared by MMVAE, MVAE and JMVAE.
+
+A model answers, for a batch of M-modal items and K samples:
+- ``forward(xs, K)``: encode, sample and decode once; the returned :class:`Encoded` is reused.
+- ``log_weights(enc, J)``: per-sample log importance weights of shape (S*K, P) for the P pairs
+  whose m-th member is item ``J[m, p]`` of modality m (J=None: the positive pairs, J = diag).
+  log w = log p(z) + sum_m lambda_m log p(x_m | z) - log q(z | .)
+- ``unimodal_log_weights(x, m, K)``: (K, B) weights for log p(x_m) through q(z | x_m).
+- ``base_objective(enc, estimator)``: the model's usual objective per item (to maximise).
+Nothing else in the engine knows how a model factorises its posterior.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from engine.models import distributions as D
+from engine.models.modalities import Modality, likelihood_scaling
+
+
+@dataclass
+class Encoded:
+    """One forward pass over a batch: posterior parameters, noise, samples and decodes."""
+
+    xs: list[torch.Tensor]
+    K: int
+    loc: list[torch.Tensor]                 # per modality (B, L): unimodal posterior / expert
+    scale: list[torch.Tensor]
+    noise: list[torch.Tensor]               # per stratum (K, B, L)
+    z: list[torch.Tensor]                   # per stratum (K, B, L)
+    params: list[list[torch.Tensor]]        # params[s][n]: decode of stratum s into modality n
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return self.xs[0].shape[0]
+
+
+def take(t: torch.Tensor, idx: torch.Tensor | None, dim: int = 0) -> torch.Tensor:
+    """Index ``t`` along ``dim`` (no copy when idx is None)."""
+    return t if idx is None else t.index_select(dim, idx)
+
+
+class MultimodalVAE(nn.Module):
+    """Shared parts: modalities, prior, likelihood scaling, generation helpers."""
+
+    family = "normal"           # posterior and prior family
+
+    def __init__(self, modalities: list[Modality], latent_dim: int, learn_prior: bool = False):
+        super().__init__()
+        self.mods = nn.ModuleList(modalities)
+        self.latent_dim = latent_dim
+        self.register_buffer("prior_loc", torch.zeros(latent_dim))
+        raw = torch.zeros(latent_dim)
+        self.prior_raw = nn.Parameter(raw, requires_grad=learn_prior)
+        self.register_buffer("llik_scaling", torch.tensor(likelihood_scaling(modalities)))
+
+    @property
+    def n_modalities(self) -> int:
+        return len(self.mods)
+
+    @property
+    def device(self) -> torch.device:
+        return self.prior_loc.device
+
+    def prior_scale(self) -> torch.Tensor:
+        """Prior scale: 1 at initialisation; learnable when learn_prior (Shi et al. 2019)."""
+        if self.family == "laplace":
+            return torch.softmax(self.prior_raw, -1) * self.latent_dim
+        return torch.exp(self.prior_raw)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return D.log_prob(self.family, self.prior_loc, self.prior_scale(), z).sum(-1)
+
+    def encode(self, m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unimodal posterior (or expert) parameters for modality m."""
+        loc, raw = self.mods[m].encode(x)
+        return loc, D.posterior_scale(self.family, raw)
+
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+        return D.noise(self.family, shape, device=self.device, generator=generator)
+
+    def loglik(self, n: int, params: torch.Tensor, x: torch.Tensor, scaled: bool = True) -> torch.Tensor:
+        ll = self.mods[n].log_likelihood(params, x)
+        return ll * self.llik_scaling[n] if scaled else ll
+
+    def decode_all(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return [mod.decode(z) for mod in self.mods]
+
+    # ---- interface the objectives use -------------------------------------------------------
+    def forward(self, xs: list[torch.Tensor], K: int = 1, noise: list[torch.Tensor] | None = None) -> Encoded:
+        raise NotImplementedError
+
+    def log_weights(self, enc: Encoded, J: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                    scaled: bool = True, detach_q: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def base_objective(self, enc: Encoded, estimator: str = "elbo") -> torch.Tensor:
+        raise NotImplementedError
+
+    def unimodal_posterior(self, m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z | x_m): the posterior the model uses when only modality m is observed."""
+        return self.encode(m, x)
+
+    def joint_posterior(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """q(z | x_1..M) as one (loc, scale), or None where it is a mixture (MMVAE)."""
+        raise NotImplementedError
+
+    def unimodal_log_weights(self, x: torch.Tensor, m: int, K: int, noise: torch.Tensor | None = None,
+                             scaled: bool = True) -> torch.Tensor:
+        """(K, B) log weights for log p(x_m), with z ~ q(z | x_m) and modality m's decoder."""
+        loc, scale = self.unimodal_posterior(m, x)
+        eps = noise if noise is not None else self.noise((K, *loc.shape))
+        z = D.rsample(self.family, loc, scale, eps)
+        lq = D.log_prob(self.family, loc, scale, z).sum(-1)
+        return self.log_prior(z) + self.loglik(m, self.mods[m].decode(z), x, scaled) - lq
+
+    # ---- generation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = self.noise((n, self.latent_dim), generator)
+        return D.rsample(self.family, self.prior_loc, self.prior_scale(), eps)
+
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Joint generation: z ~ p(z), decoded into every modality's mean."""
+        z = self.sample_prior(n, generator)
+        return [mod.mean(mod.decode(z)) for mod in self.mods]
+
+    @torch.no_grad()
+    def posterior_sample(self, loc: torch.Tensor, scale: torch.Tensor,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        return D.rsample(self.family, loc, scale, self.noise(loc.shape, generator))
+
+    @torch.no_grad()
+    def cross_generate(self, x: torch.Tensor, m: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generate modality n from z ~ q(z | x_m) (m == n: reconstruction)."""
+        z = self.posterior_sample(*self.unimodal_posterior(m, x), generator)
+        return self.mods[n].mean(self.mods[n].decode(z))
+
+    @torch.no_grad()
+    def joint_generate(self, xs: list[torch.Tensor], n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Synergy generation: modality n from z ~ q(z | x_1..M)."""
+        post = self.joint_posterior(xs)
+        if post is None:
+            raise ValueError(f"{type(self).__name__} has no single joint posterior (it is a mixture)")
+        z = self.posterior_sample(*post, generator)
+        return self.mods[n].mean(self.mods[n].decode(z))

@@ -1,0 +1,82 @@
+"""MMVAE: a mixture of unimodal experts q(z|x,y) = 1/M sum_m q(z|x_m) (Shi et al. 2019).
+
+Training uses stratified sampling: K samples from each expert, each decoded into every
+modality. Those decodes already hold what any negative pair (x_i, y_j) needs: z from q(z|x_i)
+decoded into y-space is scored at y_j, and y_j's own sample decoded into x-space at x_i.
+So ``log_weights`` for arbitrary pairs only re-indexes existing decodes.
+"""
+from __future__ import annotations
+
+import torch
+
+from engine import objectives as O
+from engine.models import distributions as D
+from engine.models.base import Encoded, MultimodalVAE, take
+
+
+class MMVAE(MultimodalVAE):
+    family = "laplace"
+
+    def forward(self, xs, K=1, noise=None) -> Encoded:
+        posts = [self.encode(m, x) for m, x in enumerate(xs)]
+        locs, scales = [p[0] for p in posts], [p[1] for p in posts]
+        if noise is None:
+            noise = [self.noise((K, *loc.shape)) for loc in locs]
+        zs = [D.rsample(self.family, loc, s, e) for loc, s, e in zip(locs, scales, noise)]
+        # One decoder call per target modality over all strata's K*B latents.
+        z_all = torch.stack(zs)                                   # (M, K, B, L)
+        decoded = [mod.decode(z_all) for mod in self.mods]        # [n] -> (M, K, B, ...)
+        params = [[decoded[n][s] for n in range(len(self.mods))] for s in range(len(xs))]
+        return Encoded(list(xs), K, locs, scales, list(noise), zs, params)
+
+    def _cached(self, enc: Encoded, scaled: bool) -> dict:
+        """Per-item terms every pair reuses: log p(z_s), log q(z_s|x_s), log p(x_s|z_s)."""
+        key = ("items", scaled)
+        if key not in enc.extra:
+            lpz = [self.log_prior(z) for z in enc.z]
+            lq_self = [D.log_prob(self.family, enc.loc[s], enc.scale[s], enc.z[s]).sum(-1)
+                       for s in range(len(enc.z))]
+            ll_self = [self.loglik(s, enc.params[s][s], enc.xs[s], scaled) for s in range(len(enc.z))]
+            enc.extra[key] = (lpz, lq_self, ll_self)
+        return enc.extra[key]
+
+    def log_weights(self, enc, J=None, noise=None, scaled=True, detach_q=False):
+        """(M*K, P) stratified log weights; stratum s draws z from q(z | x_s^{J_s})."""
+        M = len(enc.xs)
+        if J is None and not detach_q:
+            lpz, lq_self, ll_self = self._cached(enc, scaled)
+        lws = []
+        for s in range(M):
+            js = None if J is None else J[s]
+            z = take(enc.z[s], js, 1)
+            if J is None and not detach_q:
+                lp, own_lq, own_ll = lpz[s], lq_self[s], ll_self[s]
+            else:
+                lp = self.log_prior(z)
+                loc, sc = take(enc.loc[s], js), take(enc.scale[s], js)
+                if detach_q:
+                    loc, sc = loc.detach(), sc.detach()
+                own_lq = D.log_prob(self.family, loc, sc, z).sum(-1)
+                own_ll = self.loglik(s, take(enc.params[s][s], js, 1), take(enc.xs[s], js), scaled)
+            lq, lpx = [], own_ll
+            for m in range(M):
+                if m == s:
+                    lq.append(own_lq)
+                    continue
+                jm = None if J is None else J[m]
+                loc, sc = take(enc.loc[m], jm), take(enc.scale[m], jm)
+                if detach_q:
+                    loc, sc = loc.detach(), sc.detach()
+                lq.append(D.log_prob(self.family, loc, sc, z).sum(-1))
+                lpx = lpx + self.loglik(m, take(enc.params[s][m], js, 1), take(enc.xs[m], jm), scaled)
+            lws.append(lp + lpx - D.mixture_log_prob(torch.stack(lq)))
+        return torch.cat(lws, 0)
+
+    def base_objective(self, enc, estimator="iwae"):
+        """Stratified IWAE (or DReG surrogate, or ELBO) of the mixture posterior."""
+        if estimator == "dreg":
+            return O.dreg(self.log_weights(enc, detach_q=True), enc.z)
+        return O.estimate(self.log_weights(enc), estimator)
+
+    def joint_posterior(self, xs):
+        return None

@@ -1,0 +1,46 @@
+"""Names used in the paper mapped to code: the nine variants and the datasets."""
+from __future__ import annotations
+
+from engine.errors import ConfigError
+
+FAMILY_NAMES = {"mmvae": "MMVAE", "mvae": "MVAE", "jmvae": "JMVAE"}
+PREFIXES = {"": None, "ci-": "iwae", "cc-": "cubo"}
+VARIANTS = tuple(p + f for f in ("MMVAE", "MVAE", "JMVAE") for p in ("", "cI-", "cC-"))
+BASE_ESTIMATOR = {"mmvae": "iwae", "mvae": "elbo", "jmvae": "elbo"}
+
+
+def parse_variant(name: str) -> tuple[str, str | None]:
+    """'cI-MMVAE' -> ('mmvae', 'iwae'); case-insensitive. Unknown names list the valid ones."""
+    low = name.strip().lower()
+    for prefix, contrastive in PREFIXES.items():
+        fam = low[len(prefix):] if low.startswith(prefix) else None
+        if fam in FAMILY_NAMES and (prefix or "-" not in low):
+            return fam, contrastive
+    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
+
+
+def variant_name(family: str, contrastive: str | None) -> str:
+    """The paper's name for a family and contrastive estimator."""
+    prefix = {None: "", "iwae": "cI-", "cubo": "cC-"}[contrastive]
+    return prefix + FAMILY_NAMES[family]
+
+
+def build_data(cfg):
+    """Load the dataset a DataConfig names (imported lazily: CUB pulls in feature extraction)."""
+    if cfg.dataset == "mnist-svhn":
+        from engine.data.mnist_svhn import build_mnist_svhn
+
+        return build_mnist_svhn(cfg)
+    from engine.data.cub import build_cub
+
+    return build_cub(cfg)
+
+
+def model_from_config(cfg):
+    """Build the (untrained) model a RunConfig describes."""
+    from engine.models import build_model
+
+    family, _ = parse_variant(cfg.variant)
+    m = cfg.model
+    return build_model(cfg.data.dataset, family, m.latent_dim, m.learn_prior, m.alpha,
+                       m.vocab_size, m.feature_dim)
