@@ -37,10 +37,10 @@ def prepare_config(cfg: RunConfig, data) -> RunConfig:
 
 @torch.no_grad()
 def test_iwae(model, dataset, K: int, max_pairs: int = 512, batch_size: int = 128) -> float:
-    """Mean IWAE_K estimate of log p(x, y) over the first ``max_pairs`` test pairs."""
+    """Mean IWAE_K estimate of log p(x, y) over a fixed random subset of ``max_pairs`` test pairs."""
     model.eval()
     total, n = 0.0, 0
-    idx = torch.arange(min(max_pairs, len(dataset)))
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:max_pairs]
     for chunk in idx.split(batch_size):
         xs, _ = dataset.batch(chunk)
         xs = [x.to(model.device) for x in xs]

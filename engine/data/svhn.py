@@ -1,0 +1,62 @@
+"""SVHN digits: the offline synthetic renderer by default, or the real torchvision set."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from engine.data.mnist import _failure, _real_root, check_split
+from engine.data.synth_svhn import load_svhn_synthetic
+from engine.errors import ConfigError, DataError
+
+
+def load_svhn(split: str, source: str = "offline", root: str | None = None,
+              download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load SVHN as float32 images (N,3,32,32) in [0,1] and int64 labels (N,) in 0..9.
+
+    Results are memoised per argument tuple; treat the returned tensors as read-only.
+    """
+    check_split(split)
+    if source == "offline":
+        return _offline(split)
+    if source == "real":
+        return _real(split, None if root is None else str(root), bool(download))
+    raise ConfigError(f"source must be 'offline' or 'real', got {source!r}")
+
+
+def _to_tensors(images: np.ndarray, labels: np.ndarray, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images -> float32 (N,3,32,32) in [0,1]; labels -> int64."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    if channels_last:
+        x = x.permute(0, 3, 1, 2)
+    return (x.to(torch.float32) / 255.0).contiguous(), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+
+
+@lru_cache(maxsize=None)
+def _offline(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered house-number crops at the default sizes (cached on disk too)."""
+    images, labels = load_svhn_synthetic(split)
+    return _to_tensors(images, labels, channels_last=True)
+
+
+@lru_cache(maxsize=None)
+def _real(split: str, root: str | None, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's SVHN (cropped digits, .mat files read with scipy); label 10 is already 0."""
+    import torchvision
+
+    base = _real_root(root, download, "SVHN", "<root>/train_32x32.mat and <root>/test_32x32.mat")
+    expected = base / f"{split}_32x32.mat"
+    if not download and not expected.is_file():
+        raise DataError(
+            f"real SVHN file not found: expected {expected} (layout <root>/train_32x32.mat, "
+            "<root>/test_32x32.mat; torchvision reads them with scipy, which must be installed). "
+            "Pass --download to fetch them (needs internet), or use --source offline."
+        )
+    try:
+        ds = torchvision.datasets.SVHN(str(base), split=split, download=download)
+    except ImportError as e:
+        raise DataError(f"reading SVHN .mat files needs scipy (pip install scipy): {e}") from e
+    except Exception as e:  # RuntimeError for a corrupt/failed file, URLError/OSError for the network
+        raise DataError(_failure("SVHN", base, download, e)) from e
+    return _to_tensors(ds.data, ds.labels, channels_last=False)
