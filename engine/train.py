@@ -75,15 +75,17 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     model = model_from_config(cfg).to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr, amsgrad=True)
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    epoch, step, batch_in_epoch, epoch_gen_state = 0, 0, 0, None
+    epoch, step, batch_in_epoch, epoch_gen_state, resume_gen = 0, 0, 0, None, None
     if saved is not None:
         load_state(model, saved["model"], ck_path)
         opt.load_state_dict(saved["optimizer"])
         epoch, step = saved["epoch"], saved["step"]
         batch_in_epoch = saved.get("batch_in_epoch", 0)
         epoch_gen_state = saved.get("epoch_gen_state")
-        gen.set_state(saved["gen_state"])
+        resume_gen = saved["gen_state"]
         torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.json")
 
@@ -99,7 +101,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
 
     def checkpoint(done_epochs: int, in_epoch: int, start_state) -> None:
         save_checkpoint(ck_path, cfg, model, opt, epoch=done_epochs, step=step, batch_in_epoch=in_epoch,
-                        epoch_gen_state=start_state, gen_state=gen.get_state(), torch_rng=torch.get_rng_state())
+                        epoch_gen_state=start_state, gen_state=gen.get_state(), torch_rng=torch.get_rng_state(),
+                        cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [])
 
     model.train()
     try:
@@ -108,6 +111,9 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
                 gen.set_state(epoch_gen_state)
             start_state = gen.get_state()
             perm = torch.randperm(len(ds), generator=gen)
+            if resume_gen is not None:     # mid-epoch resume: same order, then the saved stream
+                gen.set_state(resume_gen)
+                resume_gen = None
             t0 = time.time()
             sums: dict[str, float] = {}
             count = 0
@@ -152,7 +158,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
                 batch_in_epoch, epoch_gen_state = b, start_state
             line = {"epoch": epoch, "step": step, "seconds": round(time.time() - t0, 3), "skipped": skipped,
                     **{k: v / max(count, 1) for k, v in sums.items()},
-                    "test_iwae": test_iwae(model, data.test, cfg.objective.K)}
+                    "test_iwae": _untouched_rng(test_iwae, model, data.test, cfg.objective.K)}
             with open(out / METRICS_NAME, "a") as f:
                 f.write(json.dumps(line) + "\n")
             checkpoint(epoch, batch_in_epoch, epoch_gen_state)
@@ -161,6 +167,13 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     atomic_write_text(out / PROGRESS_NAME, json.dumps({"step": step, "total_steps": total, "epoch": epoch,
                                                        "done": True}))
     return ck_path
+
+
+def _untouched_rng(fn, *args):
+    """Run ``fn`` without moving the training RNG streams (so resumed runs match straight ones)."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        return fn(*args)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

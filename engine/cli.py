@@ -1,0 +1,171 @@
+"""Command line: ``python -m engine <command> ...``; ``--help`` on each command lists its flags."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from engine.config import DATASETS, DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig
+from engine.errors import EngineError
+from engine.registry import VARIANTS, parse_variant, variant_name
+
+# Modules that add their own subcommands through add_parser(subparsers).
+COMMAND_MODULES = ("engine.evaluate", "engine.generate", "engine.reproduce", "engine.relatedness",
+                   "engine.propagate", "engine.retrieval")
+
+
+def _variant(text: str) -> str:
+    try:
+        return variant_name(*parse_variant(text))
+    except EngineError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _fraction(text: str) -> float:
+    v = float(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def _gamma(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (or 'inf' for the baseline), got {text}")
+    return v
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Flags that choose the data (shared by train and the evaluation commands)."""
+    p.add_argument("--dataset", default="mnist-svhn", choices=DATASETS, help="dataset (default mnist-svhn)")
+    p.add_argument("--source", default="offline", choices=("offline", "real"),
+                   help="offline: embedded default that needs no download; real: torchvision/CUB files under --data-root")
+    p.add_argument("--data-root", default=None, help="root of the real datasets (or of the synthetic CUB)")
+    p.add_argument("--download", action="store_true", help="let torchvision download MNIST/SVHN (needs internet)")
+    p.add_argument("--data-fraction", type=_fraction, default=1.0, help="fraction n of each unimodal train set (§4.4)")
+    p.add_argument("--dm", type=_positive_int, default=30, help="same-digit partners per instance (§4.1, default 30)")
+    p.add_argument("--features", default="efficientnet-lite0", choices=("efficientnet-lite0", "resnet101"),
+                   help="CUB image features (resnet101 needs its weights on disk)")
+
+
+def config_from_args(a: argparse.Namespace) -> RunConfig:
+    family, contrastive = parse_variant(a.model)
+    return RunConfig(
+        variant=variant_name(family, contrastive),
+        data=DataConfig(a.dataset, a.source, a.data_root, a.download, a.data_fraction, a.dm, a.seed, a.features),
+        model=ModelConfig(family, a.latent_dim, a.learn_prior, a.alpha),
+        objective=ObjectiveConfig(contrastive, a.K, a.negatives, a.gamma, a.dreg),
+        train=TrainConfig(a.epochs, a.max_steps, a.batch_size, a.lr, a.seed, a.device, a.max_nonfinite),
+    ).validate()
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train one of the nine variants",
+                       description="Train a variant; writes config.json, checkpoint.pt and metrics.jsonl to --out.")
+    p.add_argument("--model", type=_variant, default="MMVAE", help=f"variant, case-insensitive: {', '.join(VARIANTS)}")
+    add_data_args(p)
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many optimiser steps")
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--K", type=_positive_int, default=30, help="importance samples (default 30)")
+    p.add_argument("--negatives", type=_positive_int, default=5, help="N in-batch negatives per pair (default 5)")
+    p.add_argument("--gamma", type=_gamma, default=2.0, help="gamma of eq. (4) (default 2; inf = baseline)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--latent-dim", type=_positive_int, default=20)
+    p.add_argument("--learn-prior", action="store_true", help="learnable prior scale (MMVAE)")
+    p.add_argument("--alpha", type=float, default=0.01, help="JMVAE-kl weight (default 0.01)")
+    p.add_argument("--dreg", action="store_true", help="DReG gradients for the IWAE term (MMVAE)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--max-nonfinite", type=_positive_int, default=10,
+                   help="stop after this many non-finite losses in a row")
+    p.add_argument("--out", default=None, help="run directory (default runs/<MODEL>-<dataset>-s<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+
+def run_train(a: argparse.Namespace) -> int:
+    from engine.train import read_metrics, train
+
+    cfg = config_from_args(a)
+    out = Path(a.out or f"runs/{cfg.variant}-{cfg.data.dataset}-s{cfg.train.seed}")
+    ck = train(cfg, out, resume=a.resume, progress=not a.no_progress)
+    last = read_metrics(out)[-1:] or [{}]
+    print(json.dumps({"checkpoint": str(ck), **last[0]}, indent=2))
+    return 0
+
+
+def add_data_parser(sub) -> None:
+    p = sub.add_parser("data", help="prepare data: render the SVHN stand-in or write the synthetic CUB")
+    dsub = p.add_subparsers(dest="what", required=True)
+    c = dsub.add_parser("cub-synthetic", help="write procedural birds and captions in the CUB layout")
+    c.add_argument("--out", required=True)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--images", type=_positive_int, default=None, help="number of images (default: the generator's)")
+    c.add_argument("--features", default=None, choices=("efficientnet-lite0", "resnet101"),
+                   help="also extract and cache these image features")
+    c.set_defaults(func=run_data_cub)
+    s = dsub.add_parser("mnist-svhn", help="load (and cache) the MNIST-SVHN sources and print their sizes")
+    add_data_args(s)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=run_data_mnist_svhn)
+
+
+def run_data_cub(a: argparse.Namespace) -> int:
+    from engine.data import synth_birds
+
+    kwargs = {"seed": a.seed} if a.images is None else {"seed": a.seed, "n_images": a.images}
+    root = synth_birds.write_synthetic_cub(Path(a.out), **kwargs)
+    print(f"wrote synthetic CUB to {root}")
+    if a.features:
+        from engine.data.cub import build_cub
+
+        data = build_cub(DataConfig(dataset="cub-synthetic", root=str(a.out), seed=a.seed, features=a.features))
+        print(f"features: {tuple(data.train.modalities[0].shape)} train")
+    return 0
+
+
+def run_data_mnist_svhn(a: argparse.Namespace) -> int:
+    from engine.data.mnist_svhn import build_mnist_svhn
+
+    a.dataset = "mnist-svhn"
+    d = build_mnist_svhn(DataConfig("mnist-svhn", a.source, a.data_root, a.download, a.data_fraction, a.dm, a.seed))
+    print(json.dumps({"train_pairs": len(d.train), "test_pairs": len(d.test), "sources": d.sources}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_data_parser(sub)
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (use --resume to continue)", file=sys.stderr)
+        return 130
+
+
+__all__ = ["main", "build_parser", "add_data_args", "config_from_args"]
