@@ -36,23 +36,31 @@ class LossOutput:
 
 def sample_negatives(batch_size: int, N: int, generator: torch.Generator | None = None,
                      device=None) -> torch.Tensor:
-    """(B, N) in-batch negative indices, for each item N distinct others (uniform, no replacement).
+    """(B, N) in-batch negative indices: for each item N distinct others, uniformly at random.
 
-    Drawn on the CPU generator (reproducible on any device), then moved to ``device``.
+    Each column is a fixed-point-free permutation of the batch (sigma_n(b) = pi[pi^-1[b] + s_n],
+    with a random permutation pi and distinct random shifts s_n), so every item is used exactly
+    once per column: MMVAE then scores the negatives in item-major layout, reusing each item's
+    decodes without gathering them. Drawn on the CPU generator, then moved to ``device``.
     """
     if batch_size < 2:
         raise ValueError("contrastive objectives need a batch of at least 2 pairs")
     N = min(N, batch_size - 1)
-    scores = torch.rand(batch_size, batch_size, generator=generator)
-    scores.fill_diagonal_(2.0)
-    return scores.argsort(-1)[:, :N].to(device)
+    pi = torch.randperm(batch_size, generator=generator)
+    shifts = torch.randperm(batch_size - 1, generator=generator)[:N] + 1
+    pos = torch.empty_like(pi)
+    pos[pi] = torch.arange(batch_size)
+    return pi[(pos.unsqueeze(1) + shifts) % batch_size].to(device)
 
 
 def negative_index(negx: torch.Tensor, negy: torch.Tensor) -> torch.Tensor:
-    """The (2, 2*B*N) pair index J: first (x'_i, y) for every negative, then (x, y'_i)."""
+    """The (2, 2*N*B) pair index J, negative-major: N blocks of (x'_i, y) then N blocks of (x, y'_i).
+
+    Block n of the first half pairs x[negx[b, n]] with y[b] for every b (pair n*B + b).
+    """
     B, N = negx.shape
-    own = torch.arange(B, device=negx.device).repeat_interleave(N)
-    return torch.stack([torch.cat([negx.reshape(-1), own]), torch.cat([own, negy.reshape(-1)])])
+    own = torch.arange(B, device=negx.device).repeat(N)
+    return torch.stack([torch.cat([negx.T.reshape(-1), own]), torch.cat([own, negy.T.reshape(-1)])])
 
 
 def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], family: str, obj: ObjectiveConfig,
@@ -77,7 +85,7 @@ def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], family: str, obj:
         negx = sample_negatives(B, obj.N, generator, model.device)
         negy = sample_negatives(B, obj.N, generator, model.device)
         lw = model.log_weights(enc, negative_index(negx, negy), neg_noise)
-        e = O.estimate(lw, obj.contrastive).view(2, B, negx.shape[1])
+        e = O.estimate(lw, obj.contrastive).view(2, negx.shape[1], B).transpose(1, 2)
         per_item = O.contrastive(term1, e[0], e[1], obj.gamma)
         term2 = 0.5 * (torch.logsumexp(e[0], -1) + torch.logsumexp(e[1], -1))
     else:

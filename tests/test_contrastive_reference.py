@@ -38,8 +38,8 @@ def reference_losses(model, family, contrastive, xs, noise, negx, negy, neg_nois
         if contrastive is None:
             losses.append(-term1)
             continue
-        lx = [log_p(int(negx[b, n]), b, b * N + n) for n in range(N)]
-        ly = [log_p(b, int(negy[b, n]), B * N + b * N + n) for n in range(N)]
+        lx = [log_p(int(negx[b, n]), b, n * B + b) for n in range(N)]
+        ly = [log_p(b, int(negy[b, n]), B * N + n * B + b) for n in range(N)]
         lse = lambda v: torch.logsumexp(torch.stack(v), 0)  # noqa: E731
         losses.append(-gamma * term1 + 0.5 * (lse(lx) + lse(ly)))
     return torch.stack(losses)
@@ -65,12 +65,45 @@ def test_fast_equals_reference(variant):
     assert torch.allclose(fast, ref, rtol=1e-4, atol=0), (fast, ref)
 
 
-def test_negatives_are_distinct_others():
+def test_negatives_are_distinct_others_and_columns_are_permutations():
     g = torch.Generator().manual_seed(0)
     neg = sample_negatives(8, 5, g)
     assert neg.shape == (8, 5)
     for b in range(8):
         assert b not in neg[b].tolist() and len(set(neg[b].tolist())) == 5
+    for n in range(5):
+        assert sorted(neg[:, n].tolist()) == list(range(8))
+
+
+def test_negatives_cover_all_others_uniformly():
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(6, 6)
+    for _ in range(3000):
+        neg = sample_negatives(6, 2, g)
+        counts[torch.arange(6).repeat_interleave(2), neg.reshape(-1)] += 1
+    off = counts[~torch.eye(6, dtype=torch.bool)]
+    assert counts.diag().sum() == 0
+    assert (off / off.mean() - 1).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("variant", ["cI-MMVAE", "cC-MMVAE"])
+def test_mmvae_block_path_equals_generic_path(variant):
+    """The permutation-block fast path and the generic gather path give the same weights."""
+    from engine.loss import negative_index
+    from engine.models.mmvae import _permutation_blocks
+
+    torch.manual_seed(1)
+    model = build_model("mnist-svhn", "mmvae", latent_dim=L).double()
+    xs = [torch.rand(B, 1, 28, 28, dtype=torch.float64), torch.rand(B, 3, 32, 32, dtype=torch.float64)]
+    enc = model(xs, K)
+    g = torch.Generator().manual_seed(0)
+    J = negative_index(sample_negatives(B, N, g), sample_negatives(B, N, g))
+    assert _permutation_blocks(J, B) is not None
+    fast = model.log_weights(enc, J)
+    perm = torch.randperm(J.shape[1])          # shuffled columns defeat the block layout
+    assert _permutation_blocks(J[:, perm], B) is None
+    slow = model.log_weights(enc, J[:, perm])
+    assert torch.allclose(fast[:, perm], slow, rtol=1e-10)
 
 
 def test_mmvae_negatives_reuse_the_positive_decodes():

@@ -76,3 +76,31 @@ def posterior_scale(family: str, raw: torch.Tensor) -> torch.Tensor:
     if family == "laplace":
         return F.softmax(raw, -1) * raw.shape[-1] + 1e-6
     return F.softplus(raw) + 1e-6
+
+
+class _L1(torch.autograd.Function):
+    """sum_d |x - loc| over the last ``k`` dims, with broadcasting and a lean backward.
+
+    Autograd's chain (sub, abs, sum) keeps several full-size temporaries; this recomputes
+    sign(loc - x) once in backward and reduces it to each input's shape.
+    """
+
+    @staticmethod
+    def forward(ctx, loc, x, k):
+        ctx.save_for_backward(loc, x)
+        ctx.k = k
+        return (x - loc).abs().flatten(-k).sum(-1)
+
+    @staticmethod
+    def backward(ctx, g):
+        loc, x = ctx.saved_tensors
+        g = g.reshape(*g.shape, *([1] * ctx.k))
+        s = torch.sign(loc - x).mul_(g)
+        g_loc = s.sum_to_size(loc.shape) if ctx.needs_input_grad[0] else None
+        g_x = (-s).sum_to_size(x.shape) if ctx.needs_input_grad[1] else None
+        return g_loc, g_x, None
+
+
+def l1_distance(loc: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
+    """sum over the last k dims of |x - loc| (broadcasting), for Laplace likelihoods."""
+    return _L1.apply(loc, x, k)

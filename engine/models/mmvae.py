@@ -43,6 +43,9 @@ class MMVAE(MultimodalVAE):
     def log_weights(self, enc, J=None, noise=None, scaled=True, detach_q=False):
         """(M*K, P) stratified log weights; stratum s draws z from q(z | x_s^{J_s})."""
         M = len(enc.xs)
+        blocks = None if J is None or detach_q else _permutation_blocks(J, enc.batch_size)
+        if blocks is not None:
+            return self._log_weights_blocks(enc, blocks, scaled)
         if J is None and not detach_q:
             lpz, lq_self, ll_self = self._cached(enc, scaled)
         lws = []
@@ -72,6 +75,31 @@ class MMVAE(MultimodalVAE):
             lws.append(lp + lpx - D.mixture_log_prob(torch.stack(lq)))
         return torch.cat(lws, 0)
 
+    def _log_weights_blocks(self, enc: Encoded, Jb: torch.Tensor, scaled: bool) -> torch.Tensor:
+        """Fast path for pair sets made of whole-batch permutations (in-batch negatives).
+
+        Jb is (M, nb, B) with every Jb[m, blk] a permutation of the batch. Each stratum is
+        scored in item-major layout -- item i's own decodes against its partners' data, gathered
+        by index -- so no decoder output is copied; only the (K, nb, B) results are reordered.
+        """
+        M, nb, B = Jb.shape
+        lpz, lq_self, ll_self = self._cached(enc, scaled)
+        lws = []
+        for s in range(M):
+            inv = Jb[s].argsort(-1)                               # position of item i in each block
+            z = enc.z[s].unsqueeze(1)                             # (K, 1, B, L)
+            lq, lpx = [lq_self[s].unsqueeze(1)], ll_self[s].unsqueeze(1)
+            for m in range(M):
+                if m == s:
+                    continue
+                partner = Jb[m].gather(-1, inv)                   # (nb, B): item i's partner in modality m
+                lq.append(D.log_prob(self.family, enc.loc[m][partner], enc.scale[m][partner], z).sum(-1))
+                lpx = lpx + self.loglik(m, enc.params[s][m].unsqueeze(1), enc.xs[m][partner], scaled)
+            lq = torch.stack(torch.broadcast_tensors(*lq))
+            item_major = lpz[s].unsqueeze(1) + lpx - D.mixture_log_prob(lq)      # (K, nb, B)
+            lws.append(item_major.gather(-1, Jb[s].expand(enc.K, nb, B)).reshape(enc.K, nb * B))
+        return torch.cat(lws, 0)
+
     def base_objective(self, enc, estimator="iwae"):
         """Stratified IWAE (or DReG surrogate, or ELBO) of the mixture posterior."""
         if estimator == "dreg":
@@ -80,3 +108,13 @@ class MMVAE(MultimodalVAE):
 
     def joint_posterior(self, xs):
         return None
+
+
+def _permutation_blocks(J: torch.Tensor, B: int) -> torch.Tensor | None:
+    """J reshaped to (M, nb, B) when every length-B block of every row is a permutation, else None."""
+    if J.shape[1] % B:
+        return None
+    Jb = J.reshape(J.shape[0], -1, B)
+    if not torch.equal(Jb.sort(-1).values, torch.arange(B, device=J.device).expand_as(Jb)):
+        return None
+    return Jb

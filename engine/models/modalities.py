@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.models.distributions import l1_distance
+
 
 class Modality(nn.Module):
     """Base: subclasses set ``encoder``, ``decoder``, ``event_shape`` and implement the likelihood."""
@@ -51,8 +53,7 @@ class LaplaceModality(Modality):
     scale: float = 0.75
 
     def log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        k = len(self.event_shape)
-        diff = (x - params).abs().flatten(-k).sum(-1)
+        diff = l1_distance(params, x, len(self.event_shape))
         return -diff / self.scale - self.n_dims * math.log(2.0 * self.scale)
 
 
@@ -180,9 +181,9 @@ class CUBSentence(Modality):
 
     def log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         logp = F.log_softmax(params, -1)
-        idx = x.expand(*params.shape[:-1]).unsqueeze(-1)
-        tok = logp.gather(-1, idx).squeeze(-1)
-        return (tok * self.token_mask(x)).sum(-1)
+        lead = torch.broadcast_shapes(params.shape[:-1], x.shape)
+        tok = logp.expand(*lead, logp.shape[-1]).gather(-1, x.expand(lead).unsqueeze(-1)).squeeze(-1)
+        return (tok * self.token_mask(x).expand(lead)).sum(-1)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """Greedy tokens (argmax per position)."""
