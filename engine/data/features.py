@@ -1,0 +1,140 @@
+"""Fixed ImageNet image features for CUB: EfficientNet-Lite0 (1280-d, offline) or ResNet-101 (2048-d).
+
+Shi et al. 2019 model CUB images through pre-computed ResNet-101 features; EfficientNet-Lite0
+is the offline default because its weights ship as a pip package. Features are computed once
+per data root and cached as ``features_<model>.npy`` with the image order in a JSON beside it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from engine.errors import ConfigError, DataError
+
+FEATURE_DIMS = {"efficientnet-lite0": 1280, "resnet101": 2048}
+RESIZE, CROP = 256, 224                      # standard ImageNet evaluation geometry
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Use ``n`` intra-op threads for the block, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def load_pixels(image: Image.Image | str | Path) -> torch.Tensor:
+    """RGB image → (3, 224, 224) uint8: shorter side resized to 256, then centre-cropped to 224."""
+    if not isinstance(image, Image.Image):
+        try:
+            with Image.open(image) as f:
+                image = f.convert("RGB")
+        except OSError as e:
+            raise DataError(f"cannot read image {image}: {e}") from e
+    image = image.convert("RGB")
+    w, h = image.size
+    s = RESIZE / min(w, h)
+    image = image.resize((max(CROP, round(w * s)), max(CROP, round(h * s))), Image.BICUBIC)
+    w, h = image.size
+    left, top = (w - CROP) // 2, (h - CROP) // 2
+    image = image.crop((left, top, left + CROP, top + CROP))
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+def _resnet101(download: bool) -> torch.nn.Module:
+    """torchvision ResNet-101 (ImageNet, V1 weights) from the torch hub cache; downloads only if allowed."""
+    from torchvision.models import ResNet101_Weights, resnet101
+
+    weights = ResNet101_Weights.IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file() and not download:
+        raise DataError(
+            f"ResNet-101 ImageNet weights are not on disk (expected {cached}) and downloads are off. "
+            f"Allow the download (needs internet), copy {Path(weights.url).name} there, or use the "
+            f"offline features: --features efficientnet-lite0"
+        )
+    try:
+        model = resnet101(weights=weights)
+    except Exception as e:                   # network errors come in many types
+        raise DataError(f"could not download ResNet-101 weights from {weights.url}: {e}; "
+                        f"use the offline features: --features efficientnet-lite0") from e
+    model.fc = torch.nn.Identity()
+    return model.eval()
+
+
+def feature_model(model_name: str, download: bool = False) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """(network mapping normalised images to pooled features, pixel normaliser) for a model name."""
+    if model_name == "efficientnet-lite0":
+        from engine.models.efficientnet_lite import load_efficientnet_lite0, preprocess
+
+        net = load_efficientnet_lite0()
+        return _Features(net), preprocess
+    if model_name == "resnet101":
+        return _resnet101(download), lambda x: (x.float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    raise ConfigError(f"features must be one of {', '.join(FEATURE_DIMS)}; got {model_name!r}")
+
+
+class _Features(torch.nn.Module):
+    """Expose a network's ``features`` method as its forward."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+
+def extract_features(images: Sequence[Image.Image | str | Path], model_name: str, batch_size: int = 32,
+                     download: bool = False, progress: bool = True) -> np.ndarray:
+    """Pooled ImageNet features (N, F) float32 of PIL images or image paths, with a progress bar."""
+    net, normalise = feature_model(model_name, download)
+    out = np.empty((len(images), FEATURE_DIMS[model_name]), dtype=np.float32)
+    with _threads(os.cpu_count() or 1), torch.inference_mode():
+        bar = tqdm(total=len(images), desc=f"{model_name} features", unit="img", disable=not progress)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            x = normalise(torch.stack([load_pixels(im) for im in chunk]))
+            out[start:start + len(chunk)] = net(x).numpy()
+            bar.update(len(chunk))
+        bar.close()
+    return out
+
+
+def cached_features(folder: Path, keys: Sequence[str], paths: Sequence[Path], model_name: str,
+                    download: bool = False) -> np.ndarray:
+    """Features of ``paths`` in ``keys`` order, read from ``folder`` or computed once and saved there."""
+    folder = Path(folder)
+    array_path = folder / f"features_{model_name}.npy"
+    keys_path = folder / f"features_{model_name}.json"
+    keys = list(keys)
+    if array_path.is_file() and keys_path.is_file():
+        try:
+            stored_keys = json.loads(keys_path.read_text())
+            stored = np.load(array_path)
+        except (OSError, ValueError) as e:
+            raise DataError(f"feature cache {array_path} is unreadable ({e}); delete it to recompute") from e
+        if set(keys) <= set(stored_keys) and stored.shape == (len(stored_keys), FEATURE_DIMS[model_name]):
+            position = {k: i for i, k in enumerate(stored_keys)}
+            return stored[[position[k] for k in keys]]
+    feats = extract_features(list(paths), model_name, download=download)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_keys, tmp_array = keys_path.with_suffix(".tmp"), array_path.with_suffix(".tmp.npy")
+    tmp_keys.write_text(json.dumps(keys))
+    np.save(tmp_array, feats)
+    os.replace(tmp_keys, keys_path)
+    os.replace(tmp_array, array_path)
+    return feats

@@ -1,0 +1,214 @@
+"""Synthetic CUB generator, real-layout CUB loader, caption vocabulary and CUB pair building."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import DataConfig
+from engine.data import synth_birds as sb
+from engine.data.cub import Vocab, build_cub, load_cub
+from engine.errors import ConfigError, DataError
+
+N_IMAGES, SIZE = 48, 64
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return sb.write_synthetic_cub(tmp_path_factory.mktemp("cub") / "root", n_images=N_IMAGES, seed=3,
+                                  image_size=SIZE)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_generator_is_deterministic(tiny, tmp_path):
+    again = sb.write_synthetic_cub(tmp_path / "again", n_images=N_IMAGES, seed=3, image_size=SIZE)
+    other = sb.write_synthetic_cub(tmp_path / "other", n_images=N_IMAGES, seed=4, image_size=SIZE)
+    files = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert all((tiny / f).is_file() for f in files)
+    picked = [f for f in files if f.suffix in (".jpg", ".txt")][::7] + [Path("synthetic_attributes.json")]
+    assert len(picked) > 5
+    assert all(_digest(tiny / f) == _digest(again / f) for f in picked)
+    other_images = sorted(other.rglob("*.jpg"))
+    assert _digest(sorted(tiny.rglob("*.jpg"))[0]) != _digest(other_images[0])
+
+
+def test_writes_the_cub_layout(tiny):
+    cub = tiny / "CUB_200_2011"
+    for name in ("images.txt", "image_class_labels.txt", "classes.txt", "train_test_split.txt"):
+        assert (cub / name).is_file(), name
+    rows = [line.split() for line in (cub / "images.txt").read_text().splitlines()]
+    assert [int(r[0]) for r in rows] == list(range(1, N_IMAGES + 1))
+    classes = dict(line.split() for line in (cub / "classes.txt").read_text().splitlines())
+    for _, rel in rows:
+        folder, file = rel.split("/")
+        assert re.fullmatch(r"\d{3}\.[A-Za-z_]+", folder) and folder in classes.values()
+        assert re.fullmatch(re.escape(folder[4:]) + r"_\d{4}\.jpg", file)
+        assert (cub / "images" / rel).is_file()
+        captions = (tiny / "cub_text" / "text_c10" / folder / file.replace(".jpg", ".txt")).read_text()
+        assert len([c for c in captions.splitlines() if c.strip()]) == 10
+    from PIL import Image
+    with Image.open(cub / "images" / rows[0][1]) as im:
+        assert im.size == (SIZE, SIZE) and im.mode == "RGB"
+
+
+def _caption_violations(caption: str, attrs: dict) -> list[str]:
+    """Statements in a caption that contradict the image's attributes."""
+    colour_of = {w: c for c, words in sb.COLOUR_WORDS.items() for w in words}
+    part_of = {w: p for p, words in sb.PART_WORDS.items() for w in words}
+    attr_key = {"eye": "eye", "legs": "legs", "bill": "bill_colour"}
+    colours = "|".join(sorted(colour_of, key=len, reverse=True))
+    parts = "|".join(sorted(part_of, key=len, reverse=True))
+    image_colours = {attrs[k] for k in sb.PLUMAGE_PARTS + ("eye", "legs", "bill_colour")}
+    if attrs["wing_pattern"] != "solid":
+        image_colours.add(attrs["pattern_colour"])
+    bad = [w for w in re.findall(r"[a-z]+", caption) if w in colour_of and colour_of[w] not in image_colours]
+    for colour, part in re.findall(rf"\b({colours}) ({parts})\b", caption):
+        key = attr_key.get(part_of[part], part_of[part])
+        bad += [f"{colour} {part}"] if attrs[key] != colour_of[colour] else []
+    for part, colour in re.findall(rf"\b({parts}) (?:that )?(?:is|are) ({colours})\b", caption):
+        key = attr_key.get(part_of[part], part_of[part])
+        bad += [f"{part} is {colour}"] if attrs[key] != colour_of[colour] else []
+    sizes = [s for s, words in sb.SIZE_WORDS.items() for w in words if re.search(rf"\b{w}\b", caption)]
+    sizes = [s for s in sizes if not (s == "small" and "very small" in sizes)]
+    bad += [f"size {s}" for s in sizes if s != attrs["size"]]
+    for shape, words in sb.BILL_SHAPE_WORDS.items():
+        if shape != attrs["bill_shape"] and any(re.search(rf"\b{w} (?:\w+ )?(?:bill|beak)\b", caption) for w in words):
+            bad.append(f"bill {shape}")
+    for length, words in sb.BILL_LENGTH_WORDS.items():
+        if length != attrs["bill_length"] and any(re.search(rf"\b{w} (?:[\w-]+ )*?(?:bill|beak)\b", caption)
+                                                  for w in words):
+            bad.append(f"bill {length}")
+    return bad
+
+
+def test_captions_describe_only_their_own_image(tiny):
+    meta = json.loads((tiny / "synthetic_attributes.json").read_text())["images"]
+    text = tiny / "cub_text" / "text_c10"
+    n_checked = 0
+    for info in meta.values():
+        captions = (text / info["path"]).with_suffix(".txt").read_text().splitlines()
+        for caption in captions:
+            assert not _caption_violations(caption, info["attributes"]), (caption, info["attributes"])
+            n_checked += 1
+    assert n_checked == 10 * N_IMAGES
+
+
+def test_caption_checker_catches_wrong_attributes(tiny):
+    info = next(iter(json.loads((tiny / "synthetic_attributes.json").read_text())["images"].values()))
+    attrs = info["attributes"]
+    wrong = next(c for c in sb.COLOURS if c not in {attrs[k] for k in sb.PLUMAGE_PARTS})
+    assert _caption_violations(f"this bird has a {wrong} crown.", attrs)
+    assert _caption_violations(f"a bird with wings that are {wrong}.", attrs)
+
+
+def test_captions_differ_within_a_species(tiny):
+    meta = json.loads((tiny / "synthetic_attributes.json").read_text())["images"]
+    by_class: dict[int, list[str]] = {}
+    for info in meta.values():
+        by_class.setdefault(info["class_id"], []).append(
+            (tiny / "cub_text" / "text_c10" / info["path"]).with_suffix(".txt").read_text())
+    for files in by_class.values():
+        assert len(set(files)) == len(files)
+        first = files[0].splitlines()
+        assert len(set(first)) >= 8
+
+
+def test_loader_reads_layout_with_class_disjoint_split(tiny):
+    train, test = load_cub(tiny, "train"), load_cub(tiny, "test")
+    assert len(train.keys) + len(test.keys) == N_IMAGES
+    assert not set(train.labels.tolist()) & set(test.labels.tolist())
+    assert len(set(test.labels.tolist())) >= 1 and all(len(c) == 10 for c in train.captions)
+    assert all(p.is_file() for p in train.paths)
+    meta = json.loads((tiny / "synthetic_attributes.json").read_text())["images"]
+    assert [meta[str(i)]["class_id"] - 1 for i in train.image_ids] == train.labels.tolist()
+
+
+def test_loader_splits_by_class_when_split_file_is_per_image(tiny, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny, root)
+    for name in ("trainvalclasses.txt", "testclasses.txt"):
+        (root / "cub_text" / name).unlink()
+    ids = [line.split()[0] for line in (root / "CUB_200_2011" / "images.txt").read_text().splitlines()]
+    (root / "CUB_200_2011" / "train_test_split.txt").write_text("\n".join(f"{i} {int(i) % 2}" for i in ids))
+    shutil.move(root / "cub_text" / "text_c10", root / "text_c10")
+    train, test = load_cub(root, "train"), load_cub(root, "test")
+    assert set(test.labels.tolist()) == {c - 1 for c in range(1, 6) if c % 4 == 0}
+    assert not set(train.labels.tolist()) & set(test.labels.tolist())
+
+
+def test_missing_root_names_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=re.escape(str(missing))):
+        load_cub(missing, "train")
+    with pytest.raises(DataError, match="root"):
+        build_cub(DataConfig(dataset="cub"))
+
+
+def test_malformed_metadata_is_a_data_error(tiny, tmp_path):
+    import shutil
+
+    root = tmp_path / "bad"
+    shutil.copytree(tiny, root)
+    (root / "CUB_200_2011" / "image_class_labels.txt").write_text("1\n2 x\n")
+    with pytest.raises(DataError, match="image_class_labels"):
+        load_cub(root, "train")
+
+
+def test_vocab_round_trip_unknown_and_empty(tmp_path):
+    captions = ["This bird has a RED crown.", "a bird with a red crown", "the bird has a red crown!"] * 2
+    vocab = Vocab.build(captions + ["a red bird with a crown and wings"])
+    assert vocab.itos[:3] == ["<pad>", "<eos>", "<unk>"]
+    assert "with" in vocab.stoi and "this" not in vocab.stoi and "and" not in vocab.stoi   # min count 3
+    ids, unknown = vocab.encode("A red crown, with a bird.")
+    assert ids.shape == (32,) and ids.dtype == torch.int64 and unknown == []
+    assert vocab.decode(ids) == "a red crown with a bird"
+    assert (ids[7:] == 0).all() and ids[6] == 1
+    ids, unknown = vocab.encode("a zebra crown and wings")
+    assert unknown == ["zebra", "and", "wings"] and vocab.decode(ids) == "a <unk> crown <unk> <unk>"
+    long_ids, _ = vocab.encode(" ".join(["red"] * 50))
+    assert long_ids[-1] == 1 and (long_ids[:-1] == vocab.stoi["red"]).all()
+    for empty in ("", "  ...  "):
+        with pytest.raises(ConfigError, match="empty"):
+            vocab.encode(empty)
+    vocab.save(tmp_path / "v.json")
+    loaded = Vocab.load(tmp_path / "v.json")
+    assert loaded.itos == vocab.itos and torch.equal(loaded.encode("a red bird")[0], vocab.encode("a red bird")[0])
+
+
+def test_build_cub_pairs_each_image_with_its_captions(tiny, monkeypatch):
+    calls = []
+
+    def fake_extract(images, model_name, batch_size=32, download=False, progress=True):
+        calls.append(len(images))
+        return np.stack([np.full(1280, i, np.float32) for i in range(len(images))])
+
+    monkeypatch.setattr("engine.data.features.extract_features", fake_extract)
+    cfg = DataConfig(dataset="cub-synthetic", root=str(tiny), data_fraction=0.5, seed=1)
+    data = build_cub(cfg)
+    assert data.names == ("image", "caption") and calls == [N_IMAGES]
+    n_train_images = data.unimodal["train"]["image"][0].shape[0]
+    assert len(data.train) == 10 * n_train_images and len(data.test) == 10 * len(data.image_ids["test"])
+    full_train = load_cub(tiny, "train")
+    counts = np.bincount(full_train.labels)
+    kept = np.bincount(data.unimodal["train"]["image"][1].numpy(), minlength=counts.size)
+    assert (kept[counts > 0] == np.maximum(1, np.rint(0.5 * counts[counts > 0]))).all()
+    (image, caption), label = data.train[13]
+    img_row, cap_row = data.train.index[13].tolist()
+    assert caption.dtype == torch.int64 and caption.shape == (32,) and image.shape == (1280,)
+    assert data.caption_image["train"][cap_row] == img_row
+    assert label == int(data.unimodal["train"]["image"][1][img_row])
+    assert data.vocab.decode(caption) == " ".join(Vocab.tokenize(data.captions_text["train"][cap_row]))
+    path = data.image_paths["train"][img_row]
+    assert data.captions_text["train"][cap_row] in (tiny / "cub_text" / "text_c10" / path.parent.name /
+                                                    path.with_suffix(".txt").name).read_text()
+    assert build_cub(cfg).image_ids == data.image_ids and calls == [N_IMAGES]      # features cached
