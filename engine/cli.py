@@ -64,7 +64,8 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         data=DataConfig(a.dataset, a.source, a.data_root, a.download, a.data_fraction, a.dm, a.seed, a.features),
         model=ModelConfig(family, a.latent_dim, a.learn_prior, a.alpha),
         objective=ObjectiveConfig(contrastive, a.K, a.negatives, a.gamma, a.dreg),
-        train=TrainConfig(a.epochs, a.max_steps, a.batch_size, a.lr, a.seed, a.device, a.max_nonfinite),
+        train=TrainConfig(a.epochs, a.max_steps, a.batch_size, a.lr, a.seed, a.device, a.max_nonfinite,
+                          a.k_chunk, a.precision),
     ).validate()
 
 
@@ -88,6 +89,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--max-nonfinite", type=_positive_int, default=10,
                    help="stop after this many non-finite losses in a row")
+    p.add_argument("--k-chunk", type=_positive_int, default=None,
+                   help="evaluate the K samples in chunks of this size: flat peak memory, same result")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast on CUDA")
     p.add_argument("--out", default=None, help="run directory (default runs/<MODEL>-<dataset>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

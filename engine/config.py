@@ -91,9 +91,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_nonfinite: int = 10          # stop after this many non-finite losses in a row
+    k_chunk: int | None = None       # evaluate the K samples in chunks of this size (flat peak memory)
+    precision: str = "fp32"          # fp32 | bf16 (autocast on CUDA; fp32 elsewhere)
 
     def validate(self) -> None:
         _choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
+        _choice("precision", self.precision, ("fp32", "bf16"))
+        if self.k_chunk is not None and self.k_chunk < 1:
+            raise ConfigError(f"k_chunk must be >= 1, got {self.k_chunk}")
         for name in ("epochs", "batch_size", "max_nonfinite"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -10,9 +10,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from engine import objectives as O
 from engine.config import ObjectiveConfig
+from engine.errors import ConfigError
 from engine.models.base import MultimodalVAE
 from engine.registry import BASE_ESTIMATOR
 
@@ -65,32 +67,65 @@ def negative_index(negx: torch.Tensor, negy: torch.Tensor) -> torch.Tensor:
 
 def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], family: str, obj: ObjectiveConfig,
                  generator: torch.Generator | None = None, noise: list[torch.Tensor] | None = None,
-                 neg_noise: torch.Tensor | None = None) -> LossOutput:
+                 neg_noise: torch.Tensor | None = None, k_chunk: int | None = None,
+                 forward=None) -> LossOutput:
     """Eq. (4) (or the baseline objective) for one batch, as a batch mean.
 
     ``noise`` and ``neg_noise`` fix the sampling noise of the positives and of the negative pairs
     (MVAE, JMVAE); the tests use them to compare against a per-pair reference.
+    ``k_chunk`` evaluates the K samples in chunks under activation checkpointing, so peak memory
+    is that of one chunk while the loss and gradients equal the unchunked ones (the estimators
+    only see the concatenated log weights). ``forward`` replaces ``model`` for the encode/decode
+    call (a DistributedDataParallel wrapper).
     """
-    enc = model(xs, obj.K, noise)
+    B, M, K = xs[0].shape[0], len(xs), obj.K
     contrastive = obj.contrastive is not None and not math.isinf(obj.gamma)
     est1 = "dreg" if obj.dreg else ("iwae" if contrastive else BASE_ESTIMATOR[family])
-    term1 = model.base_objective(enc, est1)
-    with torch.no_grad():
-        elbo = O.elbo(model.log_weights(enc)).mean()
+    chunked = k_chunk is not None and k_chunk < K
+    if chunked and est1 == "dreg":
+        raise ConfigError("--k-chunk cannot be combined with DReG gradients")
+    noise = noise if noise is not None else model.draw_noise(B, K)
+    J = negx = None
+    if contrastive:
+        if M == 2:
+            negx = sample_negatives(B, obj.N, generator, model.device)
+            J = negative_index(negx, sample_negatives(B, obj.N, generator, model.device))
+        else:
+            J = torch.randint(0, B, (M, B * obj.N), generator=generator).to(model.device)
+        if neg_noise is None and model.pair_noise:
+            neg_noise = model.noise((K, J.shape[1], model.latent_dim))
+    fwd = forward or model
+
+    def pieces(noise_c, neg_c):
+        enc = fwd(xs, noise_c[0].shape[0], noise_c)
+        if est1 == "dreg":
+            terms, extra = [], model.base_objective(enc, "dreg")
+        else:
+            terms, extra = model.objective_terms(enc)
+        neg = model.log_weights(enc, J, neg_c) if J is not None else None
+        joint = model.log_weights(enc).detach()
+        return terms, extra, neg, joint
+
+    if not chunked:
+        terms, extra, neg, joint = pieces(noise, neg_noise)
+    else:
+        outs = [checkpoint(pieces, [n[sl] for n in noise], None if neg_noise is None else neg_noise[sl],
+                           use_reentrant=False)
+                for sl in (slice(i, i + k_chunk) for i in range(0, K, k_chunk))]
+        terms = [torch.cat(t, 0) for t in zip(*(o[0] for o in outs))]
+        extra = outs[0][1]
+        neg = None if J is None else torch.cat([o[2] for o in outs], 0)
+        joint = torch.cat([o[3] for o in outs], 0)
+    term1 = sum(O.estimate(t, est1) for t in terms) + extra if terms else extra
+    elbo = O.elbo(joint).mean()
     if not contrastive:
         return LossOutput(-term1.mean(), term1.mean().detach(), None, elbo, -term1.detach())
-    B = enc.batch_size
-    M = len(xs)
     if M == 2:
-        negx = sample_negatives(B, obj.N, generator, model.device)
-        negy = sample_negatives(B, obj.N, generator, model.device)
-        lw = model.log_weights(enc, negative_index(negx, negy), neg_noise)
-        e = O.estimate(lw, obj.contrastive).view(2, negx.shape[1], B).transpose(1, 2)
+        e = O.estimate(neg, obj.contrastive).view(2, negx.shape[1], B).transpose(1, 2)
         per_item = O.contrastive(term1, e[0], e[1], obj.gamma)
         term2 = 0.5 * (torch.logsumexp(e[0], -1) + torch.logsumexp(e[1], -1))
     else:
-        J = torch.randint(0, B, (M, B * obj.N), generator=generator).to(model.device)
-        e = O.estimate(model.log_weights(enc, J, neg_noise), obj.contrastive).view(B, obj.N)
+        e = O.estimate(neg, obj.contrastive).view(B, obj.N)
         per_item = O.contrastive_multi(term1, e, obj.gamma)
         term2 = torch.logsumexp(e, -1)
     return LossOutput(per_item.mean(), term1.mean().detach(), term2.mean().detach(), elbo, per_item.detach())

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from engine import objectives as O
@@ -50,11 +54,35 @@ def test_iwae(model, dataset, K: int, max_pairs: int = 512, batch_size: int = 12
     return total / max(n, 1)
 
 
+def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether we created the process group) under torchrun.
+
+    Backend gloo on CPU, nccl on CUDA, chosen automatically; single-process runs return (0, 1).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and not dist.is_initialized():
+        return 0, 1, device, False
+    created = False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        created = True
+    return dist.get_rank(), dist.get_world_size(), device, created
+
+
 def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True,
-          on_step: Callable[[dict], None] | None = None, data=None) -> Path:
+          on_step: Callable[[dict], None] | None = None, data=None,
+          on_end: Callable[[torch.nn.Module], None] | None = None) -> Path:
     """Train the run ``cfg`` into directory ``out``; returns the checkpoint path.
 
-    ``on_step`` receives a dict (step, total_steps, epoch, loss, ...) after every step.
+    ``on_step`` receives a dict (step, total_steps, epoch, loss, ...) after every step;
+    ``on_end`` receives the trained model. Under ``torchrun`` this is data-parallel
+    (DistributedDataParallel): each rank takes batch_size / world_size pairs of every global
+    batch (DistributedSampler), in-batch negatives stay per rank, metrics are averaged across
+    ranks and only rank 0 writes files. The b-th global batch of an epoch holds the same pairs
+    whatever the world size, so ``resume`` works across world sizes.
     """
     out = Path(out)
     ck_path = out / CHECKPOINT_NAME
@@ -65,68 +93,76 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
                               "or choose another --out")
         saved = read_checkpoint(ck_path)
         old = config_of(saved, ck_path)
-        old.train.epochs, old.train.max_steps = cfg.train.epochs, cfg.train.max_steps
+        for key in ("epochs", "max_steps", "device", "k_chunk", "precision"):
+            setattr(old.train, key, getattr(cfg.train, key))
         cfg = old
     cfg.validate()
-    device = pick_device(cfg.train.device)
+    rank, world, device, created = _distributed(pick_device(cfg.train.device))
+    if cfg.train.batch_size % world:
+        raise ConfigError(f"batch size {cfg.train.batch_size} must be divisible by the {world} processes")
     torch.manual_seed(cfg.train.seed)
     data = data if data is not None else build_data(cfg.data)
     cfg = prepare_config(cfg, data)
     model = model_from_config(cfg).to(device)
+    if rank:
+        torch.manual_seed(cfg.train.seed + rank)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr, amsgrad=True)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    epoch, step, batch_in_epoch, epoch_gen_state, resume_gen = 0, 0, 0, None, None
+    gen = torch.Generator().manual_seed(cfg.train.seed + rank)
+    epoch, step, batch_in_epoch = 0, 0, 0
     if saved is not None:
         load_state(model, saved["model"], ck_path)
         opt.load_state_dict(saved["optimizer"])
-        epoch, step = saved["epoch"], saved["step"]
-        batch_in_epoch = saved.get("batch_in_epoch", 0)
-        epoch_gen_state = saved.get("epoch_gen_state")
-        resume_gen = saved["gen_state"]
-        torch.set_rng_state(saved["torch_rng"])
-        if device.type == "cuda" and saved.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.json")
+        epoch, step, batch_in_epoch = saved["epoch"], saved["step"], saved.get("batch_in_epoch", 0)
+        if rank == 0 and saved.get("world_size", 1) == world:
+            gen.set_state(saved["gen_state"])
+            torch.set_rng_state(saved["torch_rng"])
+            if device.type == "cuda" and saved.get("cuda_rng"):
+                torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        else:
+            torch.manual_seed(cfg.train.seed + rank + 7919 * step)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
+    forward = DistributedDataParallel(model) if world > 1 else None
+    autocast = torch.autocast("cuda", torch.bfloat16,
+                              enabled=cfg.train.precision == "bf16" and device.type == "cuda")
 
     ds = data.train
-    bs = min(cfg.train.batch_size, len(ds))
-    n_batches = len(ds) // bs
+    bs = min(cfg.train.batch_size, len(ds)) // world
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed,
+                                 drop_last=True)
+    n_batches = len(sampler) // bs
     total = n_batches * cfg.train.epochs
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
     family = cfg.model.family
     bad_in_row, skipped = 0, 0
-    bar = tqdm(total=total, initial=step, disable=not progress, desc=cfg.variant, unit="step")
+    bar = tqdm(total=total, initial=step, disable=not progress or rank > 0, desc=cfg.variant, unit="step")
 
-    def checkpoint(done_epochs: int, in_epoch: int, start_state) -> None:
+    def checkpoint(done_epochs: int, in_epoch: int) -> None:
         save_checkpoint(ck_path, cfg, model, opt, epoch=done_epochs, step=step, batch_in_epoch=in_epoch,
-                        epoch_gen_state=start_state, gen_state=gen.get_state(), torch_rng=torch.get_rng_state(),
+                        world_size=world, gen_state=gen.get_state(), torch_rng=torch.get_rng_state(),
                         cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [])
 
     model.train()
     try:
         while epoch < cfg.train.epochs and step < total:
-            if epoch_gen_state is not None:
-                gen.set_state(epoch_gen_state)
-            start_state = gen.get_state()
-            perm = torch.randperm(len(ds), generator=gen)
-            if resume_gen is not None:     # mid-epoch resume: same order, then the saved stream
-                gen.set_state(resume_gen)
-                resume_gen = None
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler))
             t0 = time.time()
             sums: dict[str, float] = {}
             count = 0
-            for b in range(batch_in_epoch, n_batches):
-                if step >= total:
-                    break
-                xs, _ = ds.batch(perm[b * bs:(b + 1) * bs])
+            b = batch_in_epoch
+            while b < n_batches and step < total:
+                xs, _ = ds.batch(order[b * bs:(b + 1) * bs])
+                b += 1
                 xs = [x.to(device, non_blocking=True) for x in xs]
-                out_ = variant_loss(model, xs, family, cfg.objective, gen)
-                if not torch.isfinite(out_.loss):
+                with autocast:
+                    out_ = variant_loss(model, xs, family, cfg.objective, gen, k_chunk=cfg.train.k_chunk,
+                                        forward=forward)
+                if not _all_finite(out_.loss, world):
                     bad_in_row += 1
                     skipped += 1
-                    opt.zero_grad(set_to_none=True)
                     if bad_in_row >= cfg.train.max_nonfinite:
                         raise TrainingError(
                             f"{bad_in_row} non-finite losses in a row at step {step}; stopped. The last "
@@ -146,27 +182,50 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
                 bar.set_postfix({k: f"{v:.1f}" for k, v in terms.items()})
                 if on_step is not None:
                     on_step({"step": step, "total_steps": total, "epoch": epoch, **terms})
-                if step % 20 == 0:
+                if rank == 0 and step % 20 == 0:
                     atomic_write_text(out / PROGRESS_NAME, json.dumps(
                         {"step": step, "total_steps": total, "epoch": epoch, **terms}))
+            if b >= n_batches:
+                epoch, batch_in_epoch = epoch + 1, 0
             else:
-                b = n_batches
-            finished_epoch = b >= n_batches or step < total
-            if finished_epoch:
-                epoch, batch_in_epoch, epoch_gen_state = epoch + 1, 0, None
-            else:
-                batch_in_epoch, epoch_gen_state = b, start_state
-            line = {"epoch": epoch, "step": step, "seconds": round(time.time() - t0, 3), "skipped": skipped,
-                    **{k: v / max(count, 1) for k, v in sums.items()},
-                    "test_iwae": _untouched_rng(test_iwae, model, data.test, cfg.objective.K)}
-            with open(out / METRICS_NAME, "a") as f:
-                f.write(json.dumps(line) + "\n")
-            checkpoint(epoch, batch_in_epoch, epoch_gen_state)
+                batch_in_epoch = b
+            means = _mean_across_ranks(sums, count, world)
+            if rank == 0:
+                line = {"epoch": epoch, "step": step, "seconds": round(time.time() - t0, 3), "skipped": skipped,
+                        **means, "test_iwae": _untouched_rng(test_iwae, model, data.test, cfg.objective.K)}
+                with open(out / METRICS_NAME, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+                checkpoint(epoch, batch_in_epoch)
+            if world > 1:
+                dist.barrier()
+        if rank == 0:
+            atomic_write_text(out / PROGRESS_NAME, json.dumps({"step": step, "total_steps": total,
+                                                               "epoch": epoch, "done": True}))
+        if on_end is not None:
+            on_end(model)
     finally:
         bar.close()
-    atomic_write_text(out / PROGRESS_NAME, json.dumps({"step": step, "total_steps": total, "epoch": epoch,
-                                                       "done": True}))
+        if created:
+            dist.destroy_process_group()
     return ck_path
+
+
+def _all_finite(loss: torch.Tensor, world: int) -> bool:
+    """Whether the loss is finite on every rank (ranks must skip a step together)."""
+    ok = torch.isfinite(loss.detach()).float()
+    if world > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def _mean_across_ranks(sums: dict[str, float], count: int, world: int) -> dict[str, float]:
+    """Per-step means of the loss terms, averaged over all ranks' steps."""
+    keys = sorted(sums)
+    if world > 1:
+        t = torch.tensor([sums[k] for k in keys] + [float(count)], dtype=torch.float64)
+        dist.all_reduce(t)
+        sums, count = dict(zip(keys, t[:-1].tolist())), int(t[-1].item())
+    return {k: sums[k] / max(count, 1) for k in keys}
 
 
 def _untouched_rng(fn, *args):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from engine import objectives as O
 from engine.models import distributions as D
 from engine.models.modalities import Modality, likelihood_scaling
 
@@ -97,8 +98,25 @@ class MultimodalVAE(nn.Module):
                     scaled: bool = True, detach_q: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
-    def base_objective(self, enc: Encoded, estimator: str = "elbo") -> torch.Tensor:
+    def noise_streams(self) -> int:
+        """How many (K, B, L) noise tensors ``forward`` consumes."""
+        return 1
+
+    pair_noise = True           # whether scoring arbitrary pairs draws fresh samples (not MMVAE)
+
+    def draw_noise(self, batch_size: int, K: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """All the noise one ``forward`` uses, drawn up front (so it can be split over K chunks)."""
+        return [self.noise((K, batch_size, self.latent_dim), generator) for _ in range(self.noise_streams())]
+
+    def objective_terms(self, enc: Encoded) -> tuple[list[torch.Tensor], torch.Tensor | float]:
+        """The usual objective as log-weight tensors (each reduced by the estimator) plus a
+        K-independent extra term; ``base_objective`` sums their estimates."""
         raise NotImplementedError
+
+    def base_objective(self, enc: Encoded, estimator: str = "elbo") -> torch.Tensor:
+        """The model's usual objective per item (to maximise), with the given estimator."""
+        terms, extra = self.objective_terms(enc)
+        return sum(O.estimate(t, estimator) for t in terms) + extra
 
     def unimodal_posterior(self, m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z | x_m): the posterior the model uses when only modality m is observed."""

@@ -9,7 +9,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine import objectives as O
 from engine.models import distributions as D
 from engine.models.base import Encoded, MultimodalVAE, take
 from engine.models.modalities import MNIST, SVHN
@@ -98,8 +97,8 @@ class JMVAE(MultimodalVAE):
         eps = noise if noise is not None else (enc.noise[0] if J is None else self.noise((enc.K, *loc.shape)))
         return self._joint_lw(xs, loc, scale, eps, scaled)[0]
 
-    def base_objective(self, enc, estimator="elbo"):
+    def objective_terms(self, enc):
         """JMVAE-kl: joint bound minus alpha * sum_m KL(q(z|x,y) || q(z|x_m))."""
         loc, scale = enc.extra["joint"]
         kl = sum(D.kl_normal(loc, scale, l, s) for l, s in zip(enc.loc, enc.scale))
-        return O.estimate(self.log_weights(enc), estimator) - self.alpha * kl
+        return [self.log_weights(enc)], -self.alpha * kl

@@ -100,11 +100,20 @@ class MMVAE(MultimodalVAE):
             lws.append(item_major.gather(-1, Jb[s].expand(enc.K, nb, B)).reshape(enc.K, nb * B))
         return torch.cat(lws, 0)
 
+    pair_noise = False
+
+    def noise_streams(self) -> int:
+        return len(self.mods)
+
+    def objective_terms(self, enc):
+        """Stratified log weights of the mixture posterior (Shi et al. 2019's m_iwae)."""
+        return [self.log_weights(enc)], 0.0
+
     def base_objective(self, enc, estimator="iwae"):
         """Stratified IWAE (or DReG surrogate, or ELBO) of the mixture posterior."""
         if estimator == "dreg":
             return O.dreg(self.log_weights(enc, detach_q=True), enc.z)
-        return O.estimate(self.log_weights(enc), estimator)
+        return super().base_objective(enc, estimator)
 
     def joint_posterior(self, xs):
         return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from engine import objectives as O
 from engine.models import distributions as D
 from engine.models.base import Encoded, MultimodalVAE, take
 
@@ -56,13 +55,15 @@ class MVAE(MultimodalVAE):
         posts = [self.encode(m, x) for m, x in enumerate(xs)]
         return self._poe([p[0] for p in posts], [p[1] for p in posts])
 
-    def base_objective(self, enc, estimator="elbo"):
+    def noise_streams(self) -> int:
+        return len(self.mods) + 1
+
+    def objective_terms(self, enc):
         """Joint term plus each unimodal term (Wu & Goodman's sub-sampled ELBO)."""
-        total = O.estimate(self.log_weights(enc), estimator)
+        terms = [self.log_weights(enc)]
         for m, x in enumerate(enc.xs):
             loc, scale = self._poe([enc.loc[m]], [enc.scale[m]])
             z = D.rsample(self.family, loc, scale, enc.noise[1 + m])
-            lw = (self.log_prior(z) + self.loglik(m, self.mods[m].decode(z), x)
-                  - D.log_prob(self.family, loc, scale, z).sum(-1))
-            total = total + O.estimate(lw, estimator)
-        return total
+            terms.append(self.log_prior(z) + self.loglik(m, self.mods[m].decode(z), x)
+                         - D.log_prob(self.family, loc, scale, z).sum(-1))
+        return terms, 0.0
