@@ -1,0 +1,408 @@
+"""Reproduce the paper's MNIST-SVHN results: Table 1, Figure 6 and the gamma ablation (Figure 11).
+
+``python -m engine reproduce --preset {paper,cpu} [--models ...] [--fractions 1.0 0.2] [--seeds 0 1]
+[--ablation] [--gammas ...] [--out reports/NAME]`` trains (engine.train.train) and evaluates
+(engine.evaluate.evaluate) every cell of the grid, then writes into OUT:
+
+- ``report.md``: header (git commit, machine, wall time, preset and what it cuts), Table 1, ablation table;
+- ``table1.csv``: mean and std over seeds per fraction x variant and metric (percent);
+- ``figure6.html``: metrics against data fraction (plotly; ``figure6.png`` too if kaleido is installed);
+- ``ablation.csv`` and ``figure11.html`` (with ``--ablation``): cI-MMVAE metrics against gamma.
+
+Runs live in ``OUT/runs/<variant>-f<fraction>-s<seed>[-g<gamma>]``. The grid is resumable: a cell whose
+run directory holds metrics.json is skipped, a half-trained run is resumed (resume=True).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.config import DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig
+from engine.errors import ConfigError
+from engine.registry import VARIANTS, parse_variant, variant_name
+
+# (key in metrics.json, sub-key, Table 1 column header)
+COLUMNS = [("latent_accuracy", "mnist", "Latent acc. M"), ("latent_accuracy", "svhn", "Latent acc. S"),
+           ("joint_coherence", None, "Joint coherence"),
+           ("cross_coherence", "svhn_to_mnist", "Cross S→M"), ("cross_coherence", "mnist_to_svhn", "Cross M→S"),
+           ("synergy_coherence", "joint_to_mnist", "Synergy joint→M"),
+           ("synergy_coherence", "joint_to_svhn", "Synergy joint→S")]
+ABLATION_GAMMAS = (1.0, 1.1, 2.0, 5.0, 10.0, math.inf)
+ABLATION_VARIANT = "cI-MMVAE"
+
+
+@dataclass
+class Preset:
+    """A grid and the train / evaluation settings of every cell."""
+
+    name: str
+    notes: str
+    models: tuple[str, ...] = VARIANTS
+    fractions: tuple[float, ...] = (1.0, 0.2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    gammas: tuple[float, ...] = ABLATION_GAMMAS
+    ablation_fraction: float = 1.0
+    # training
+    K: int = 30
+    N: int = 5
+    gamma: float = 2.0
+    latent_dim: int = 20
+    dm: int = 30
+    epochs: int = 30
+    max_steps: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    # evaluation
+    eval: dict = field(default_factory=lambda: {"samples": 10000, "ll_samples": 1000, "test_pairs": None,
+                                                "ll_pairs": 1000, "latent_max": None})
+
+    def run_config(self, variant: str, fraction: float, seed: int, gamma: float, source: str = "offline",
+                   root: str | None = None, download: bool = False, device: str = "auto") -> RunConfig:
+        family, contrastive = parse_variant(variant)
+        return RunConfig(
+            variant=variant_name(family, contrastive),
+            data=DataConfig("mnist-svhn", source, root, download, fraction, self.dm, seed),
+            model=ModelConfig(family, self.latent_dim),
+            objective=ObjectiveConfig(contrastive, self.K, self.N, gamma),
+            train=TrainConfig(self.epochs, self.max_steps, self.batch_size, self.lr, seed, device),
+        ).validate()
+
+
+def paper_preset() -> Preset:
+    """Paper settings (§4, Appendix F), for a GPU: K = 30 importance samples, N = 5 negatives, gamma = 2,
+    latent dimension 20, dm = 30 partners per digit, batch 128, Adam lr 1e-3 (amsgrad), 30 epochs (the
+    paper gives no epoch count; 30 is Shi et al. 2019's MNIST-SVHN setting), 5 seeds, fractions 100% and
+    20%. Evaluation: 10,000 prior samples, the whole paired test set for cross/synergy coherence, the
+    whole unimodal sets for latent accuracy, and 1,000 test pairs x 1,000 importance samples for the
+    likelihoods. Not reproduced: DReG gradients and the learnt prior scale of Shi et al. 2019's runs."""
+    return Preset("paper", paper_preset.__doc__)
+
+
+def cpu_preset() -> Preset:
+    """Sized for a 2-core CPU: the 100%/20% x nine-variant grid with 2 seeds (36 runs) in about two
+    hours (estimated ~150 s of training and ~30 s of evaluation per run). Cuts against the paper preset:
+    K = 30 -> 4 importance samples, N = 5 -> 2 negatives, dm = 30 -> 5 partners per digit, batch
+    128 -> 32, 30 epochs -> 150 optimiser steps (a fraction of one epoch), seeds 5 -> 2; evaluation on
+    2,000 prior samples (not 10,000), 2,000 test pairs for cross/synergy coherence (not all), latent
+    accuracy on at most 5,000 items per set, and no log-likelihoods. Latent dimension 20, gamma = 2 and
+    lr 1e-3 are kept. Numbers are therefore far below the paper's; compare variants, not magnitudes."""
+    return Preset("cpu", cpu_preset.__doc__, seeds=(0, 1), K=4, N=2, dm=5, epochs=1, max_steps=150, batch_size=32,
+                  eval={"samples": 2000, "ll_samples": 0, "test_pairs": 2000, "ll_pairs": 1, "latent_max": 5000})
+
+
+PRESETS: dict[str, Callable[[], Preset]] = {"paper": paper_preset, "cpu": cpu_preset}
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: str
+    fraction: float
+    seed: int
+    gamma: float
+
+    def dirname(self, preset_gamma: float) -> str:
+        g = "" if self.gamma == preset_gamma else f"-g{'inf' if math.isinf(self.gamma) else f'{self.gamma:g}'}"
+        return f"{self.variant}-f{self.fraction:g}-s{self.seed}{g}"
+
+
+def grid(preset: Preset, ablation: bool) -> tuple[list[Cell], list[Cell]]:
+    """Main cells (fraction x variant x seed) and ablation cells (gamma x seed), in run order."""
+    main = [Cell(variant_name(*parse_variant(v)), f, s, preset.gamma)
+            for f in preset.fractions for v in preset.models for s in preset.seeds]
+    abl = [Cell(ABLATION_VARIANT, preset.ablation_fraction, s, g) for g in preset.gammas for s in preset.seeds]
+    return main, (abl if ablation else [])
+
+
+def run_cell(preset: Preset, cell: Cell, run_dir: Path, classifiers, data_cache: dict, source: str,
+             root: str | None, download: bool, device: str, progress: bool) -> tuple[dict, bool]:
+    """Train (or resume) and evaluate one cell; (metrics, ran) with ran False when it was already done."""
+    from engine.evaluate import METRICS_NAME, evaluate, read_evaluation
+    from engine.registry import build_data
+    from engine.train import train
+
+    if (run_dir / METRICS_NAME).is_file():
+        return read_evaluation(run_dir), False
+    cfg = preset.run_config(cell.variant, cell.fraction, cell.seed, cell.gamma, source, root, download, device)
+    key = (cell.fraction, cell.seed)
+    if key not in data_cache:
+        data_cache.clear()             # cells are ordered so one data set is live at a time
+        data_cache[key] = build_data(cfg.data)
+    data = data_cache[key]
+    train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=progress, data=data)
+    e = preset.eval
+    return evaluate(run_dir, e["samples"], e["ll_samples"], device, progress, test_pairs=e["test_pairs"],
+                    ll_pairs=e["ll_pairs"], latent_max=e["latent_max"], classifiers=classifiers, data=data), True
+
+
+def _value(m: dict, key: str, sub: str | None) -> float | None:
+    v = m.get(key)
+    if sub is not None:
+        v = None if v is None else v.get(sub)
+    return None if v is None else 100.0 * float(v)
+
+
+def aggregate(results: list[tuple[Cell, dict]], by: Callable[[Cell], tuple]) -> list[dict]:
+    """Mean and std (over seeds, ddof=1; 0 for one seed) of every Table 1 column per group key."""
+    groups: dict[tuple, list[dict]] = {}
+    for cell, m in results:
+        groups.setdefault(by(cell), []).append(m)
+    rows = []
+    for key, ms in groups.items():
+        row = {"key": key, "n_seeds": len(ms)}
+        for k, sub, head in COLUMNS:
+            vals = [v for v in (_value(m, k, sub) for m in ms) if v is not None]
+            row[head] = (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0) if vals else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v[0]:.2f} (±{v[1]:.2f})"
+
+
+def key_text(k) -> str:
+    """A group key for display: fractions as percent, gamma inf as 'inf'."""
+    if isinstance(k, str):
+        return k
+    return "inf" if math.isinf(k) else f"{k:g}"
+
+
+def markdown_table(rows: list[dict], key_names: list[str], key_fmt: Callable[[tuple], list[str]]) -> str:
+    heads = [h for _, _, h in COLUMNS]
+    lines = ["| " + " | ".join(key_names + ["seeds"] + heads) + " |",
+             "|" + "---|" * (len(key_names) + 1 + len(heads))]
+    for r in rows:
+        lines.append("| " + " | ".join(key_fmt(r["key"]) + [str(r["n_seeds"])] + [_fmt(r[h]) for h in heads]) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(rows: list[dict], key_names: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    heads = [h for _, _, h in COLUMNS]
+    w.writerow(key_names + ["n_seeds"] + [f"{h} {s}" for h in heads for s in ("mean", "std")])
+    for r in rows:
+        vals = [x for h in heads for x in ((round(r[h][0], 4), round(r[h][1], 4)) if r[h] is not None else ("", ""))]
+        w.writerow([key_text(k) for k in r["key"]] + [r["n_seeds"]] + vals)
+    return buf.getvalue()
+
+
+def figure(rows: list[dict], x_of: Callable[[tuple], object], line_of: Callable[[tuple], str], x_title: str,
+           title: str, baseline: dict | None = None):
+    """Plotly figure: one panel per Table 1 column (synergy omitted), one line per group, ±std bars."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    heads = [h for k, _, h in COLUMNS if k != "synergy_coherence"]
+    fig = make_subplots(rows=1, cols=len(heads), subplot_titles=heads)
+    lines = sorted({line_of(r["key"]) for r in rows})
+    for li, name in enumerate(lines):
+        rs = [r for r in rows if line_of(r["key"]) == name]
+        for c, h in enumerate(heads, 1):
+            pts = [(x_of(r["key"]), r[h]) for r in rs if r[h] is not None]
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1][0] for p in pts], name=name, legendgroup=name,
+                                     showlegend=c == 1, mode="lines+markers",
+                                     error_y={"type": "data", "array": [p[1][1] for p in pts]}), row=1, col=c)
+            if baseline and baseline.get(h) is not None:
+                fig.add_hline(y=baseline[h][0], line_dash="dot", row=1, col=c)
+    fig.update_layout(title=title, height=380, width=300 * len(heads))
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text="%", col=1)
+    return fig
+
+
+def _write_figure(fig, path: Path) -> list[Path]:
+    """HTML always; PNG only where kaleido is installed."""
+    import importlib.util
+
+    fig.write_html(str(path.with_suffix(".html")), include_plotlyjs="cdn")
+    out = [path.with_suffix(".html")]
+    if importlib.util.find_spec("kaleido") is not None:
+        fig.write_image(str(path.with_suffix(".png")))
+        out.append(path.with_suffix(".png"))
+    return out
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[1]
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "") or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA GPU"
+    return f"{platform.platform()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
+
+
+def _cell_seconds(results: list[tuple[Cell, dict]]) -> float:
+    """Training plus evaluation seconds recorded in the cells' metrics (each cell counted once)."""
+    seen = {c: m for c, m in results}
+    return sum(m.get("seconds", 0.0) + m.get("train", {}).get("seconds", 0.0) for m in seen.values())
+
+
+def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: list[tuple[Cell, dict]],
+                 wall: float, ran: int, skipped: int, classifier_acc: dict | None) -> dict[str, Path]:
+    """Write report.md, table1.csv, figure6.html and (with ablation cells) ablation.csv, figure11.html."""
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    rows = aggregate(main, lambda c: (c.fraction, c.variant))
+    keys = ["Data", "Methods"]
+    (out / "table1.csv").write_text(csv_text(rows, ["fraction", "variant"]))
+    files["table1.csv"] = out / "table1.csv"
+    if rows:
+        fig = figure(rows, lambda k: 100 * k[0], lambda k: k[1], "data used (%)", "Figure 6: metrics against data fraction")
+        for p in _write_figure(fig, out / "figure6"):
+            files[p.name] = p
+    e = preset.eval
+    header = [f"# Reproduction report: preset `{preset.name}`", "",
+              f"- git commit: {git_commit()}", f"- machine: {machine()}",
+              f"- wall time of this invocation: {wall:.0f} s ({ran} cells run, {skipped} already done); "
+              f"compute of all cells: {_cell_seconds(main + abl):.0f} s (training + evaluation)",
+              f"- grid: models {', '.join(preset.models)}; fractions {', '.join(f'{f:g}' for f in preset.fractions)}; "
+              f"seeds {', '.join(map(str, preset.seeds))}",
+              f"- training: K={preset.K}, N={preset.N}, gamma={preset.gamma:g}, latent dim {preset.latent_dim}, "
+              f"dm={preset.dm}, batch {preset.batch_size}, lr {preset.lr:g}, epochs {preset.epochs}, "
+              f"max steps {preset.max_steps}",
+              f"- evaluation: {json.dumps(e)}"]
+    if classifier_acc:
+        header.append("- digit classifiers (test accuracy): "
+                      + ", ".join(f"{k} {100 * v:.2f}%" for k, v in classifier_acc.items()))
+    header += ["", f"Preset notes: {' '.join(preset.notes.split())}", "",
+               "## Table 1: MNIST(M)-SVHN(S), mean (±std) over seeds, %", "",
+               markdown_table(rows, keys, lambda k: [f"{100 * k[0]:g}%", k[1]]), "",
+               "— : not applicable (synergy coherence of MMVAE variants, paper §4.3).", "",
+               "Figure 6: [figure6.html](figure6.html)"]
+    if abl:
+        arows = sorted(aggregate(abl, lambda c: (c.gamma,)), key=lambda r: r["key"][0])
+        base = [r for r in aggregate([(c, m) for c, m in main if c.variant == "MMVAE"
+                                      and c.fraction == preset.ablation_fraction], lambda c: (c.variant,))]
+        (out / "ablation.csv").write_text(csv_text(arows, ["gamma"]))
+        files["ablation.csv"] = out / "ablation.csv"
+        fig = figure(arows, lambda k: key_text(k[0]), lambda k: ABLATION_VARIANT,
+                     "gamma", f"Figure 11: {ABLATION_VARIANT} against gamma (dotted: MMVAE)",
+                     base[0] if base else None)
+        for p in _write_figure(fig, out / "figure11"):
+            files[p.name] = p
+        header += ["", f"## Gamma ablation (Figure 11): {ABLATION_VARIANT}, {100 * preset.ablation_fraction:g}% data",
+                   "", markdown_table(arows, ["gamma"], lambda k: [key_text(k[0])]), "", "Figure 11: [figure11.html](figure11.html)"]
+    (out / "report.md").write_text("\n".join(header) + "\n")
+    files["report.md"] = out / "report.md"
+    return files
+
+
+def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: str = "offline",
+              root: str | None = None, download: bool = False, device: str = "auto",
+              progress: bool = True, classifiers=None) -> dict[str, Path]:
+    """Train and evaluate the grid of ``preset`` into ``out``/runs and write the report files.
+
+    ``classifiers`` (mnist_clf, svhn_clf, info) may be passed in; by default get_classifiers loads them.
+    Returns the written files by name.
+    """
+    from tqdm.auto import tqdm
+
+    from engine.device import pick_device
+
+    t0 = time.time()
+    out = Path(out)
+    main, abl = grid(preset, ablation)
+    if classifiers is None:
+        from engine.metrics.classifiers import get_classifiers
+
+        classifiers = get_classifiers(DataConfig(source=source, root=root, download=download),
+                                      pick_device(device), progress)
+    done: dict[Cell, dict] = {}
+    ran = skipped = 0
+    data_cache: dict = {}
+    cells = list(dict.fromkeys(main + abl))
+    for cell in tqdm(cells, disable=not progress, desc=f"reproduce {preset.name}", unit="run"):
+        run_dir = out / "runs" / cell.dirname(preset.gamma)
+        done[cell], did = run_cell(preset, cell, run_dir, classifiers, data_cache, source, root, download,
+                                   device, progress)
+        ran, skipped = ran + did, skipped + (not did)
+    acc = {k: v["test_accuracy"] for k, v in classifiers[2].items()}
+    return write_report(out, preset, [(c, done[c]) for c in main], [(c, done[c]) for c in abl],
+                        time.time() - t0, ran, skipped, acc)
+
+
+def _fraction(text: str) -> float:
+    v = float(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"fractions must be in (0, 1], got {text}")
+    return v
+
+
+def _gamma(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"gamma must be > 0 or inf, got {text}")
+    return v
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="train + evaluate the Table 1 grid and write a report",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", required=True, choices=tuple(PRESETS),
+                   help="paper: the paper's settings (GPU); cpu: a cut-down grid for a 2-core CPU (~2 h)")
+    p.add_argument("--models", nargs="+", default=None, help=f"variants (default all nine: {', '.join(VARIANTS)})")
+    p.add_argument("--fractions", nargs="+", type=_fraction, default=None, help="data fractions (default 1.0 0.2)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the preset's)")
+    p.add_argument("--ablation", action="store_true", help=f"also run the gamma ablation of {ABLATION_VARIANT}")
+    p.add_argument("--gammas", nargs="+", type=_gamma, default=None,
+                   help="ablation gammas (default 1 1.1 2 5 10 inf); implies --ablation")
+    p.add_argument("--max-steps", type=int, default=None, help="override the preset's optimiser steps per run")
+    p.add_argument("--source", default="offline", choices=("offline", "real"))
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--out", default=None, help="report folder (default reports/<preset>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_reproduce)
+
+
+def preset_from_args(a: argparse.Namespace) -> Preset:
+    preset = PRESETS[a.preset]()
+    changes = {}
+    if a.models:
+        changes["models"] = tuple(variant_name(*parse_variant(m)) for m in a.models)
+    if a.fractions:
+        changes["fractions"] = tuple(a.fractions)
+    if a.seeds:
+        changes["seeds"] = tuple(a.seeds)
+    if a.gammas:
+        changes["gammas"] = tuple(a.gammas)
+    if a.max_steps is not None:
+        if a.max_steps < 1:
+            raise ConfigError(f"--max-steps must be >= 1, got {a.max_steps}")
+        changes["max_steps"] = a.max_steps
+    return replace(preset, **changes)
+
+
+def run_reproduce(a: argparse.Namespace) -> int:
+    preset = preset_from_args(a)
+    files = reproduce(preset, a.out or f"reports/{preset.name}", a.ablation or bool(a.gammas), a.source,
+                      a.data_root, a.download, a.device, not a.no_progress)
+    print((Path(files["report.md"])).read_text())
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+__all__ = ["Preset", "PRESETS", "paper_preset", "cpu_preset", "reproduce", "grid", "aggregate", "write_report"]

@@ -1,0 +1,182 @@
+"""evaluate / generate / reproduce on tiny trained runs (few steps, tiny sample counts)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import DataConfig
+
+
+@pytest.fixture(scope="module")
+def classifiers():
+    """The shipped offline classifiers when present; else one-epoch stand-ins on a slice of the train split."""
+    from engine.data.mnist import load_mnist
+    from engine.data.svhn import load_svhn
+    from engine.metrics.classifiers import SHIPPED_DIR, get_classifiers, train_classifier
+
+    if all((SHIPPED_DIR / f).is_file() for f in ("mnist-offline.pt", "svhn-offline.pt", "offline.json")):
+        return get_classifiers(DataConfig(), "cpu", progress=False)
+    clfs, info = [], {}
+    for name, load in (("mnist", load_mnist), ("svhn", load_svhn)):
+        (x, y), test = load("train"), load("test")
+        clf, meta = train_classifier(name, (x[:512], y[:512]), test, torch.device("cpu"), epochs=1, progress=False)
+        clfs.append(clf)
+        info[name] = {"test_accuracy": meta["test_accuracy"], "seconds": meta["seconds"], "path": None}
+    return clfs[0], clfs[1], info
+
+
+SMALL = dict(samples=64, ll_samples=3, device="cpu", progress=False, test_pairs=40, ll_pairs=4, latent_max=300)
+
+
+def _frac(v):
+    return isinstance(v, float) and 0.0 <= v <= 1.0
+
+
+@pytest.mark.parametrize("variant", ["cI-MMVAE", "MVAE"])
+def test_evaluate_keys_types_ranges(tiny_run, classifiers, variant):
+    from engine.evaluate import evaluate, read_evaluation
+
+    run = tiny_run(variant)
+    m = evaluate(run, classifiers=classifiers, **SMALL)
+    assert read_evaluation(run) == json.loads(json.dumps(m))
+    assert m["variant"] == variant and set(m["data_sources"]) == {"mnist", "svhn"}
+    assert _frac(m["latent_accuracy"]["mnist"]) and _frac(m["latent_accuracy"]["svhn"])
+    assert _frac(m["joint_coherence"])
+    assert set(m["cross_coherence"]) == {"svhn_to_mnist", "mnist_to_svhn"}
+    assert all(_frac(v) for v in m["cross_coherence"].values())
+    assert set(m["synergy_coherence"]) == {"joint_to_mnist", "joint_to_svhn"}
+    if variant == "cI-MMVAE":
+        assert m["synergy_coherence"] == {"joint_to_mnist": None, "joint_to_svhn": None}
+        assert "§4.3" in m["synergy_note"]
+    else:
+        assert all(_frac(v) for v in m["synergy_coherence"].values()) and m["synergy_note"] is None
+    ll = m["log_likelihood"]
+    assert set(ll) == {"joint", "mnist_given_joint", "mnist_given_mnist", "mnist_given_svhn",
+                       "svhn_given_joint", "svhn_given_mnist", "svhn_given_svhn"}
+    assert all(isinstance(v, float) and math.isfinite(v) and v < 0 for v in ll.values())
+    assert len(m["diversity"]) == 10 and sum(m["diversity"]) == SMALL["samples"]
+    assert all(sum(c) == SMALL["samples"] for c in m["diversity_by_modality"].values())
+    assert all(_frac(v) for v in m["classifier_accuracy"].values())
+    assert m["n"]["test_pairs"] == 40 and m["n"]["ll_pairs"] == 4 and m["n"]["latent"]["train"]["svhn"] == 300
+
+
+def test_evaluate_cli_prints_json(tiny_run, classifiers, monkeypatch, capsys):
+    import engine.metrics.classifiers as clf_mod
+    from engine.cli import main
+
+    monkeypatch.setattr(clf_mod, "get_classifiers", lambda *a, **k: classifiers)
+    run = tiny_run("cI-MMVAE")
+    rc = main(["evaluate", str(run), "--json", "--samples", "20", "--ll-samples", "0", "--test-pairs", "10",
+               "--latent-max", "100", "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["log_likelihood"] is None and printed["n"]["joint_samples"] == 20
+    assert json.loads((run / "metrics.json").read_text()) == printed
+
+
+def test_evaluate_missing_run_is_a_clear_error(tmp_path, capsys):
+    from engine.cli import main
+
+    assert main(["evaluate", str(tmp_path / "nope"), "--no-progress"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_generations_shapes_and_determinism(tiny_run):
+    import engine
+    from engine.generate import generations, modes
+    from engine.registry import build_data
+
+    model = engine.load(tiny_run("cI-MMVAE"), "cpu")
+    data = build_data(model.config.data)
+    assert modes(("mnist", "svhn")) == ["joint", "mnist_to_svhn", "svhn_to_mnist", "reconstruct"]
+    j = generations(model, data, "joint", 5, 0)
+    assert set(j) == {"outputs_mnist", "outputs_svhn"}
+    assert j["outputs_mnist"].shape == (5, 1, 28, 28) and j["outputs_svhn"].shape == (5, 3, 32, 32)
+    c = generations(model, data, "mnist_to_svhn", 5, 1)
+    assert c["inputs"].shape == (5, 1, 28, 28) and c["outputs"].shape == (5, 3, 32, 32) and c["labels"].shape == (5,)
+    assert c["outputs"].min() >= 0 and c["outputs"].max() <= 1 and c["outputs"].dtype == np.float32
+    again = generations(model, data, "mnist_to_svhn", 5, 1)
+    assert all(np.array_equal(c[k], again[k]) for k in c)
+    other = generations(model, data, "svhn_to_mnist", 5, 2)
+    assert other["inputs"].shape == (5, 3, 32, 32) and other["outputs"].shape == (5, 1, 28, 28)
+    # inputs really are the labelled test pairs
+    r = generations(model, data, "reconstruct", 4, 1)
+    assert set(r) == {"labels", "inputs_mnist", "outputs_mnist", "inputs_svhn", "outputs_svhn"}
+    np.testing.assert_array_equal(r["inputs_mnist"], c["inputs"][:4])
+    np.testing.assert_array_equal(r["labels"], c["labels"][:4])
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown mode"):
+        generations(model, data, "svhn_to_svhn", 4, 0)
+
+
+def test_generate_cli_png_and_npz(tiny_run, tmp_path):
+    from PIL import Image
+
+    from engine.cli import main
+
+    run = tiny_run("cI-MMVAE")
+    png, npz = tmp_path / "g.png", tmp_path / "g.npz"
+    assert main(["generate", str(run), "--mode", "reconstruct", "--n", "6", "--out", str(png), "--device", "cpu"]) == 0
+    w, h = Image.open(png).size
+    assert (w, h) == (6 * 34 + 2, 4 * 34 + 2)       # 6 columns; rows: M in, M out, S in, S out
+    assert main(["generate", str(run), "--mode", "joint", "--n", "3", "--out", str(npz), "--device", "cpu"]) == 0
+    with np.load(npz) as z:
+        assert z["outputs_mnist"].shape == (3, 1, 28, 28) and z["outputs_svhn"].shape == (3, 3, 32, 32)
+    assert main(["generate", str(run), "--mode", "joint", "--out", str(tmp_path / "g.jpg")]) == 2
+
+
+def test_reproduce_tiny_grid_writes_tables_and_resumes(tmp_path, classifiers, monkeypatch):
+    import engine.train
+    from engine import reproduce as R
+
+    preset = R.Preset("tiny", "tests only", models=("cI-MMVAE",), fractions=(0.1,), seeds=(0,), gammas=(math.inf,),
+                      ablation_fraction=0.1,
+                      K=2, N=2, dm=2, epochs=1, max_steps=2, batch_size=16,
+                      eval={"samples": 32, "ll_samples": 0, "test_pairs": 20, "ll_pairs": 1, "latent_max": 100})
+    out = tmp_path / "report"
+    files = R.reproduce(preset, out, ablation=True, device="cpu", progress=False, classifiers=classifiers)
+    for name in ("report.md", "table1.csv", "figure6.html", "ablation.csv", "figure11.html"):
+        assert name in files and files[name].is_file(), name
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["cI-MMVAE-f0.1-s0", "cI-MMVAE-f0.1-s0-ginf"]
+    rows = (out / "table1.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("0.1,cI-MMVAE,1,")
+    report = (out / "report.md").read_text()
+    assert "git commit" in report and "CPUs" in report and "| 10% | cI-MMVAE | 1 |" in report
+    assert "| inf | 1 |" in report
+
+    def refuse(*a, **k):
+        raise AssertionError("a finished cell was retrained")
+
+    monkeypatch.setattr(engine.train, "train", refuse)
+    again = R.reproduce(preset, out, ablation=True, device="cpu", progress=False, classifiers=classifiers)
+    assert "0 cells run, 2 already done" in again["report.md"].read_text()
+
+
+def test_reproduce_resumes_half_trained_run(tmp_path, classifiers):
+    from engine import reproduce as R
+    from engine.train import read_metrics, train
+
+    preset = R.Preset("tiny", "tests only", models=("MMVAE",), fractions=(0.1,), seeds=(0,), K=2, N=2, dm=2,
+                      epochs=1, max_steps=4, batch_size=16,
+                      eval={"samples": 16, "ll_samples": 0, "test_pairs": 10, "ll_pairs": 1, "latent_max": 100})
+    run = tmp_path / "runs" / "MMVAE-f0.1-s0"
+    half = preset.run_config("MMVAE", 0.1, 0, preset.gamma, device="cpu")
+    half.train.max_steps = 2
+    train(half, run, progress=False)
+    R.reproduce(preset, tmp_path, device="cpu", progress=False, classifiers=classifiers)
+    assert read_metrics(run)[-1]["step"] == 4 and (run / "metrics.json").is_file()
+
+
+def test_presets_state_their_cuts():
+    from engine.reproduce import PRESETS, grid
+
+    cpu, paper = PRESETS["cpu"](), PRESETS["paper"]()
+    main, abl = grid(cpu, ablation=True)
+    assert len(main) == 9 * 2 * 2 and len(abl) == 6 * 2
+    assert paper.K == 30 and paper.N == 5 and paper.gamma == 2 and paper.batch_size == 128
+    for word in ("K = 30 -> 4", "N = 5 -> 2", "150 optimiser steps"):
+        assert word in " ".join(cpu.notes.split())
