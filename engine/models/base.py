@@ -90,6 +90,14 @@ class MultimodalVAE(nn.Module):
     def decode_all(self, z: torch.Tensor) -> list[torch.Tensor]:
         return [mod.decode(z) for mod in self.mods]
 
+    def _joint_lw(self, xs, loc, scale, eps, scaled):
+        """Log weights under one (non-mixture) joint posterior: sample, decode every modality, score."""
+        z = D.rsample(self.family, loc, scale, eps)
+        lq = D.log_prob(self.family, loc, scale, z).sum(-1)
+        params = self.decode_all(z)
+        lpx = sum(self.loglik(n, params[n], xs[n], scaled) for n in range(len(xs)))
+        return self.log_prior(z) + lpx - lq, z, params
+
     # ---- interface the objectives use -------------------------------------------------------
     def forward(self, xs: list[torch.Tensor], K: int = 1, noise: list[torch.Tensor] | None = None) -> Encoded:
         raise NotImplementedError

@@ -73,13 +73,6 @@ class JMVAE(MultimodalVAE):
         L = self.latent_dim
         return h[..., :L], D.posterior_scale(self.family, h[..., L:])
 
-    def _joint_lw(self, xs, loc, scale, eps, scaled):
-        z = D.rsample(self.family, loc, scale, eps)
-        lq = D.log_prob(self.family, loc, scale, z).sum(-1)
-        params = self.decode_all(z)
-        lpx = sum(self.loglik(n, params[n], xs[n], scaled) for n in range(len(xs)))
-        return self.log_prior(z) + lpx - lq, z, params
-
     def forward(self, xs, K=1, noise=None) -> Encoded:
         posts = [self.encode(m, x) for m, x in enumerate(xs)]
         loc, scale = self.joint_posterior(xs)

@@ -20,13 +20,6 @@ class MVAE(MultimodalVAE):
         prior_scale = self.prior_scale().expand_as(locs[0])
         return D.product_of_normals(torch.stack([prior_loc, *locs]), torch.stack([prior_scale, *scales]))
 
-    def _joint_lw(self, xs, loc, scale, eps, scaled):
-        z = D.rsample(self.family, loc, scale, eps)
-        lq = D.log_prob(self.family, loc, scale, z).sum(-1)
-        params = self.decode_all(z)
-        lpx = sum(self.loglik(n, params[n], xs[n], scaled) for n in range(len(xs)))
-        return self.log_prior(z) + lpx - lq, z, params
-
     def forward(self, xs, K=1, noise=None) -> Encoded:
         posts = [self.encode(m, x) for m, x in enumerate(xs)]
         locs, scales = [p[0] for p in posts], [p[1] for p in posts]
