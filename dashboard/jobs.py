@@ -1,0 +1,187 @@
+"""Background training jobs: one detached ``python -m engine train`` at a time.
+
+The running job is recorded in ``<runs root>/.active.json`` (pid, argv, run dir, log), so any
+dashboard session (or a restarted server) sees it, can follow its progress.json and cancel it.
+A recorded pid counts as running only while that process is alive and still runs the recorded
+command, so a stale record (server restart, pid reuse) never blocks a new run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ACTIVE_NAME = ".active.json"
+LOG_NAME = "train.log"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+REPO = Path(__file__).resolve().parents[1]
+
+
+class JobError(Exception):
+    """A job cannot start (bad name, existing folder, another job running) or be read."""
+
+
+@dataclass
+class Job:
+    pid: int
+    name: str
+    out: Path
+    argv: list[str]
+    started: float
+
+    @property
+    def log(self) -> Path:
+        return self.out / LOG_NAME
+
+    def to_dict(self) -> dict:
+        return {"pid": self.pid, "name": self.name, "out": str(self.out), "argv": self.argv,
+                "started": self.started}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Job":
+        return cls(int(d["pid"]), str(d["name"]), Path(d["out"]), [str(a) for a in d["argv"]],
+                   float(d.get("started", 0.0)))
+
+
+def train_argv(name: str, runs_root: Path, model: str, dataset: str, data_fraction: float, epochs: int,
+               max_steps: int | None, K: int, N: int, gamma: float, batch_size: int,
+               device: str = "auto") -> list[str]:
+    """The CLI call a dashboard training run makes (the same a user would type)."""
+    argv = [sys.executable, "-m", "engine", "train", "--model", model, "--dataset", dataset,
+            "--data-fraction", repr(float(data_fraction)), "--epochs", str(int(epochs)),
+            "--K", str(int(K)), "--negatives", str(int(N)), "--gamma", repr(float(gamma)),
+            "--batch-size", str(int(batch_size)), "--device", device,
+            "--out", str(Path(runs_root) / name), "--no-progress"]
+    if max_steps:
+        argv[argv.index("--epochs"):argv.index("--epochs")] = ["--max-steps", str(int(max_steps))]
+    return argv
+
+
+def _state_file(runs_root: Path) -> Path:
+    return Path(runs_root) / ACTIVE_NAME
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the job is our own child (so it does not linger as a zombie)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+
+
+def is_alive(pid: int, argv: list[str] | None = None) -> bool:
+    """Whether ``pid`` runs (not a zombie) and, where /proc tells, still runs ``argv``."""
+    _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            stat = (proc / "stat").read_text()
+            if stat[stat.rindex(")") + 2] in "ZX":
+                return False
+            if argv is not None:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+                return [c.decode(errors="replace") for c in cmdline if c] == list(argv)
+        except (OSError, ValueError, IndexError):
+            return False
+    return True
+
+
+def active(runs_root: Path) -> Job | None:
+    """The recorded job if its process still runs; a stale record is left for ``last_job``."""
+    job = last_job(runs_root)
+    return job if job is not None and is_alive(job.pid, job.argv) else None
+
+
+def last_job(runs_root: Path) -> Job | None:
+    """The most recently started job (running or not), or None."""
+    f = _state_file(runs_root)
+    try:
+        return Job.from_dict(json.loads(f.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_name(name: str, runs_root: Path) -> Path:
+    """The run folder for ``name``; JobError if the name is unsafe or the folder already exists."""
+    if not NAME_RE.match(name or ""):
+        raise JobError(f"run name {name!r} is not allowed: use letters, digits, '.', '_' or '-' "
+                       "(start with a letter or digit, at most 80 characters)")
+    out = Path(runs_root) / name
+    if out.exists():
+        raise JobError(f"{out} already exists: choose another run name (or delete that folder)")
+    return out
+
+
+def start(name: str, argv: list[str], runs_root: Path, env: dict | None = None) -> Job:
+    """Start ``argv`` detached (own session, output to <run>/train.log) and record it.
+
+    Refuses (JobError) while another recorded job is alive or if the run folder exists.
+    """
+    runs_root = Path(runs_root)
+    running = active(runs_root)
+    if running is not None:
+        raise JobError(f"training run '{running.name}' (pid {running.pid}) is still running: wait for it to "
+                       "finish or cancel it before starting another")
+    out = check_name(name, runs_root)
+    out.mkdir(parents=True)
+    with open(out / LOG_NAME, "wb") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+    job = Job(proc.pid, name, out, list(argv), time.time())
+    tmp = _state_file(runs_root).with_suffix(".tmp")
+    tmp.write_text(json.dumps(job.to_dict()))
+    os.replace(tmp, _state_file(runs_root))
+    return job
+
+
+def cancel(runs_root: Path, wait: float = 5.0) -> Job | None:
+    """Terminate the active job's process group (SIGTERM, then SIGKILL after ``wait`` s)."""
+    job = active(runs_root)
+    if job is None:
+        return None
+    for sig, grace in ((signal.SIGTERM, wait), (signal.SIGKILL, 1.0)):
+        try:
+            os.killpg(job.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        deadline = time.time() + grace
+        while time.time() < deadline and is_alive(job.pid):
+            time.sleep(0.05)
+        if not is_alive(job.pid):
+            break
+    return job
+
+
+def progress(job: Job) -> dict:
+    """The job's progress.json (step, total_steps, epoch, loss..., done), or {} before the first write."""
+    try:
+        d = json.loads((job.out / "progress.json").read_text())
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def log_tail(job: Job, lines: int = 15) -> str:
+    try:
+        return "\n".join(job.log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def status(job: Job) -> str:
+    """'running', 'done' (progress says done), or 'stopped' (gone without finishing: failed or cancelled)."""
+    if is_alive(job.pid, job.argv):
+        return "running"
+    return "done" if progress(job).get("done") else "stopped"

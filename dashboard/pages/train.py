@@ -1,0 +1,106 @@
+"""Train: launch `python -m engine train` in the background, follow it, cancel it.
+
+One run at a time (recorded in <runs>/.active.json); it lands in the runs folder and appears in
+every checkpoint picker once its first epoch is saved.
+"""
+import streamlit as st
+
+from dashboard import jobs, logic, plots, runs
+from engine.config import DATASETS
+from engine.registry import VARIANTS
+
+st.title("Train")
+st.caption(f"Runs are written to `{runs.runs_root()}` and show up in the checkpoint pickers.")
+root = runs.runs_root()
+
+with st.form("train_form"):
+    c1, c2, c3 = st.columns(3)
+    variant = c1.selectbox("Model", VARIANTS, index=VARIANTS.index("cI-MMVAE"), key="tr_model")
+    dataset = c2.selectbox("Dataset", DATASETS, key="tr_dataset")
+    name = c3.text_input("Run name", value="", placeholder=logic.default_run_name(variant, dataset),
+                         key="tr_name", help="Folder name under the runs root; empty: model-dataset-time.")
+    c4, c5, c6 = st.columns(3)
+    fraction = c4.slider("Data fraction", 0.01, 1.0, 0.1, step=0.01, key="tr_fraction",
+                         help="Share n of each unimodal train set (paper §4.4).")
+    epochs = c5.number_input("Epochs", 1, 1000, 1, key="tr_epochs")
+    max_steps = c6.number_input("Max steps (0: no limit)", 0, 10_000_000, 200, key="tr_steps")
+    c7, c8, c9, c10 = st.columns(4)
+    K = c7.number_input("K", 1, 1000, 30, key="tr_K", help="Importance samples.")
+    N = c8.number_input("N", 1, 100, 5, key="tr_N", help="In-batch negatives per pair (eq. 4).")
+    gamma = c9.number_input("gamma", 0.01, 1000.0, 2.0, step=0.5, key="tr_gamma",
+                            help="Weight of the joint term in eq. (4); only the contrastive (c*) variants use it.")
+    batch = c10.number_input("Batch size", 2, 4096, 128, key="tr_batch")
+    submitted = st.form_submit_button("Start training", type="primary")
+
+if submitted:
+    run_name = (name or "").strip() or logic.default_run_name(variant, dataset)
+    running = jobs.active(root)
+    if running is not None:
+        st.warning(f"Training run **{running.name}** is still running. Only one run at a time: wait for it to "
+                   "finish or cancel it below, then start again.")
+    else:
+        argv = jobs.train_argv(run_name, root, variant, dataset, fraction, epochs, max_steps or None, K, N, gamma,
+                               batch)
+        try:
+            job = jobs.start(run_name, argv, root)
+        except (jobs.JobError, OSError) as e:
+            st.error(f"Cannot start the run: {e}")
+        else:
+            st.session_state["_train_history"] = []
+            st.success(f"Started **{job.name}** (pid {job.pid}).")
+            with st.expander("Command"):
+                st.code(" ".join(argv), language="bash")
+
+
+def _cancel() -> None:
+    job = jobs.cancel(root)
+    st.session_state["_train_msg"] = f"Cancelled {job.name}." if job else "No run was active."
+
+
+def live() -> None:
+    """Progress of the current (or last) run; a fragment that polls progress.json every 2 s while one runs."""
+    job = jobs.last_job(root)
+    if job is None:
+        st.info("No training run yet. Fill in the form and press **Start training**.")
+        return
+    state = jobs.status(job)
+    prog = jobs.progress(job)
+    history = logic.append_history(st.session_state.get("_train_history", []), prog)
+    st.session_state["_train_history"] = history
+    st.subheader(f"{job.name}: {state}")
+    total, step = prog.get("total_steps"), prog.get("step", 0)
+    if state == "running":
+        frac = min(step / total, 1.0) if total else 0.0
+        st.progress(frac, text=f"step {step} / {total or '?'} · epoch {prog.get('epoch', 0)}"
+                    + (f" · loss {prog['loss']:.2f}" if "loss" in prog else ""))
+        st.button("Cancel run", on_click=_cancel, type="secondary", key="tr_cancel")
+    elif state == "done":
+        st.progress(1.0, text=f"finished: {step} steps")
+        st.success(f"Finished. **{job.name}** is now in the checkpoint pickers (runs).")
+    else:
+        st.error(f"{job.name} stopped before finishing (cancelled, or it failed). The log's end is below; the last "
+                 "saved epoch, if any, is kept and can be resumed with `--resume`.")
+    msg = st.session_state.pop("_train_msg", None)
+    if msg:
+        st.info(msg)
+    curve = logic.curve_frame([h for h in history if "loss" in h])
+    epochs = logic.curve_frame(_read_metrics(job))
+    if not curve.empty and len(curve) > 1:
+        st.plotly_chart(plots.training_curves(curve, ["loss"], title="Loss (live, every 20 steps)"), key="tr_live")
+    elif not epochs.empty:
+        cols = [c for c in ("loss", "test_iwae") if c in epochs]
+        st.plotly_chart(plots.training_curves(epochs, cols, title="Per-epoch metrics"), key="tr_epochs_plot")
+    with st.expander("Log", expanded=state == "stopped"):
+        st.code(jobs.log_tail(job) or "(empty)", language="text")
+
+
+def _read_metrics(job) -> list[dict]:
+    from engine.train import read_metrics
+
+    try:
+        return read_metrics(job.out)
+    except (OSError, ValueError):
+        return []
+
+
+st.fragment(live, run_every=2.0 if jobs.active(root) else None)()

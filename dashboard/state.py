@@ -1,0 +1,116 @@
+"""Cached loaders around engine calls: models once per process, arrays once per argument set.
+
+Keys include the checkpoint's mtime, so a retrained run (same path) is reloaded. Engine modules
+are imported inside the functions: importing this module stays cheap (fast cold start), and a
+page can tell whether an engine feature exists with ``engine_feature``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+
+def device() -> str:
+    return os.environ.get("CMVAE_DEVICE", "auto")
+
+
+def engine_feature(module: str, *names: str):
+    """The engine module ``engine.<module>`` if it exists and defines ``names``; else None."""
+    full = f"engine.{module}"
+    try:
+        if importlib.util.find_spec(full) is None:
+            return None
+        mod = importlib.import_module(full)
+    except ImportError:
+        return None
+    return mod if all(hasattr(mod, n) for n in names) else None
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def load_model(path: str, mtime: float):
+    """engine.load(path) once per (path, mtime) per process."""
+    import engine
+    import torch
+
+    torch.set_grad_enabled(False)
+    return engine.load(path, device=device())
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def load_data(data_config_json: str):
+    """The dataset a run was trained on (engine.registry.build_data), once per config."""
+    from engine.config import DataConfig
+    from engine.registry import build_data
+
+    return build_data(DataConfig(**json.loads(data_config_json)))
+
+
+def data_for(model):
+    """The (cached) data of a loaded model's config."""
+    import dataclasses
+
+    return load_data(json.dumps(dataclasses.asdict(model.config.data), sort_keys=True))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def read_pmi(path: str, mtime: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(pmi_related, pmi_unrelated) saved in a run folder, or None if either file is missing."""
+    rel, unrel = Path(path) / "pmi_related.npy", Path(path) / "pmi_unrelated.npy"
+    if not (rel.is_file() and unrel.is_file()):
+        return None
+    return np.load(rel, allow_pickle=False), np.load(unrel, allow_pickle=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def compute_relatedness(path: str, mtime: float, n_pairs: int, K: int, seed: int) -> dict:
+    """engine.relatedness.evaluate_relatedness on the run's test pairs (cached per arguments)."""
+    from engine.relatedness import evaluate_relatedness
+
+    model = load_model(path, mtime)
+    return evaluate_relatedness(model, data_for(model), n_pairs=n_pairs, K=K, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def fit_threshold(scores: np.ndarray, labels: np.ndarray, criterion: str = "f1") -> tuple[float, dict]:
+    from engine.relatedness import fit_threshold as fit
+
+    t, info = fit(scores, labels, criterion=criterion)
+    return float(t), dict(info or {})
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def generations(path: str, mtime: float, mode: str, n: int, seed: int) -> dict:
+    """engine.generate.generations for one run (arrays cached per mode, n and seed)."""
+    from engine.generate import generations as gen
+
+    model = load_model(path, mtime)
+    return gen(model, data_for(model), mode, n, seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def read_metrics(path: str, mtime: float) -> list[dict]:
+    """engine.train.read_metrics (the per-epoch lines of metrics.jsonl)."""
+    from engine.train import read_metrics as rm
+
+    return rm(path)
+
+
+def metrics_json(path: str | Path) -> dict | None:
+    """A run's evaluation results (metrics.json) or None; ValueError if malformed."""
+    from dashboard.runs import read_json
+
+    return read_json(Path(path) / "metrics.json")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def roc_pr(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """ROC and PR curves of one score set (cached: threshold moves never recompute them)."""
+    from dashboard.logic import roc_pr_curves
+
+    return roc_pr_curves(scores, labels)

@@ -1,0 +1,65 @@
+"""AppTest: the Train page starts a background run, refuses a second one, cancels, and the run
+lands in the checkpoint picker."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dashboard import jobs
+from dashboard.runs import find_runs
+from tests.dashboard_common import app, environ, problems
+
+pytest.importorskip("streamlit.testing.v1")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Empty checkpoint and runs roots: the Train page needs no trained model."""
+    base = tmp_path_factory.mktemp("dash-train")
+    env = {"CMVAE_CHECKPOINTS": str(base / "checkpoints"), "CMVAE_RUNS": str(base / "runs")}
+    (base / "runs").mkdir()
+    with environ(env):
+        yield env
+
+
+def test_training_runs_are_refused_while_one_runs_and_can_be_cancelled(root):
+    runs = Path(root["CMVAE_RUNS"])
+    sleeper = jobs.start("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], runs)
+    try:
+        at = app("train")
+        at.text_input(key="tr_name").set_value("second")
+        at.form_submit_button[0].click().run()
+        assert problems(at) == []
+        assert any("still running" in w.value for w in at.warning)
+        assert not (runs / "second").exists()
+        assert any(b.label == "Cancel run" for b in at.button)
+        at.button(key="tr_cancel").click().run()
+        assert not jobs.is_alive(sleeper.pid)
+        assert any("stopped" in e.value or "Cancelled" in e.value for e in [*at.error, *at.info])
+    finally:
+        jobs.cancel(runs, wait=1)
+
+
+def test_train_page_starts_a_run_that_lands_in_the_picker(root):
+    runs = Path(root["CMVAE_RUNS"])
+    at = app("train")
+    for key, value in (("tr_name", "dash-run"), ("tr_steps", 2), ("tr_K", 2), ("tr_N", 2), ("tr_batch", 16),
+                       ("tr_fraction", 0.05)):
+        (at.text_input(key=key) if key == "tr_name" else at.number_input(key=key) if key != "tr_fraction"
+         else at.slider(key=key)).set_value(value)
+    at.form_submit_button[0].click().run()
+    assert problems(at) == [] and not at.error
+    job = jobs.last_job(runs)
+    assert job.name == "dash-run" and "--max-steps" in job.argv
+    deadline = time.time() + 120
+    while jobs.status(job) == "running" and time.time() < deadline:
+        time.sleep(0.5)
+    assert jobs.status(job) == "done", jobs.log_tail(job)
+    assert any(r.name == "dash-run" and not r.problem for r in find_runs())
+    again = app("train")
+    again.text_input(key="tr_name").set_value("dash-run")
+    again.form_submit_button[0].click().run()
+    assert any("already exists" in e.value for e in again.error)

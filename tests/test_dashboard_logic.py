@@ -1,0 +1,163 @@
+"""The dashboard's pure helpers (no streamlit): grids, thresholds, curves, uploads, CSVs, jobs."""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dashboard import jobs, logic
+
+
+def test_image_grid_tiles_in_order_with_padding():
+    batch = np.zeros((5, 1, 4, 4), np.float32)
+    batch[3] = 1.0                                   # 4th image white: row 1, col 0 with 3 columns
+    g = logic.image_grid(batch, ncols=3, pad=1)
+    assert g.shape == (2 * 5 + 1, 3 * 5 + 1, 3) and g.dtype == np.uint8
+    assert (g[6:10, 1:5] == 255).all() and (g[1:5, 1:5] == 0).all()
+    assert (g[0] == 255).all()                       # padding is white
+    assert logic.image_grid(batch, ncols=3, pad=1, scale=2).shape == (22, 32, 3)
+
+
+def test_to_hwc_accepts_channel_first_and_last_and_clips():
+    a = np.full((2, 3, 8, 8), 2.0)
+    assert logic.to_hwc(a).shape == (2, 8, 8, 3) and logic.to_hwc(a).max() == 1.0
+    assert logic.to_hwc(np.zeros((2, 8, 8, 3))).shape == (2, 8, 8, 3)
+    with pytest.raises(ValueError):
+        logic.to_hwc(np.zeros((2, 8)))
+
+
+def test_layout_rows_pairs_inputs_with_outputs():
+    assert logic.layout_rows(["inputs_mnist", "outputs_mnist", "inputs_svhn", "outputs_svhn", ]) == [
+        ["inputs_mnist", "outputs_mnist"], ["inputs_svhn", "outputs_svhn"]]
+    assert logic.layout_rows(["outputs", "inputs"]) == [["inputs", "outputs"]]
+    assert logic.layout_rows(["outputs_mnist", "outputs_svhn"]) == [["outputs_mnist", "outputs_svhn"]]
+    assert logic.pretty_key("inputs", "svhn_to_mnist") == "input (svhn)"
+    assert logic.pretty_key("outputs_svhn", "reconstruct") == "reconstruction (svhn)"
+
+
+def test_threshold_range_covers_scores_on_a_round_grid():
+    s = np.array([-3.3, 0.1, 7.9])
+    lo, hi, step = logic.threshold_range(s, steps=100)
+    assert lo <= s.min() and hi >= s.max() and step in (0.1, 0.2, 0.5)
+    assert logic.snap(100, lo, hi, step) == hi and logic.snap(0.123, lo, hi, step) == pytest.approx(0.2)
+    assert lo == pytest.approx(-3.4) and logic.snap(0.05, lo, hi, step) == pytest.approx(0.0)
+    assert logic.threshold_range(np.array([2.0, 2.0]))[0] < 2.0 < logic.threshold_range(np.array([2.0, 2.0]))[1]
+
+
+def test_parse_float_from_query_values():
+    assert logic.parse_float("1.5") == 1.5 and logic.parse_float(["2"]) == 2.0
+    assert logic.parse_float("nan") is None and logic.parse_float("abc") is None and logic.parse_float(None) is None
+
+
+def test_scores_labels_and_operating_point():
+    s, y = logic.scores_labels(np.array([3.0, 2.0, np.nan]), np.array([1.0, -1.0]))
+    assert s.tolist() == [3.0, 2.0, 1.0, -1.0] and y.tolist() == [1, 1, 0, 0]
+    p = logic.operating_point({"tp": 3, "fp": 1, "tn": 5, "fn": 1})
+    assert p == {"fpr": 1 / 6, "tpr": 0.75, "recall": 0.75, "precision": 0.75}
+
+
+def test_roc_pr_curves_are_thinned_but_keep_their_ends():
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.normal(1, 1, 5000), rng.normal(-1, 1, 5000)])
+    y = np.r_[np.ones(5000), np.zeros(5000)]
+    c = logic.roc_pr_curves(s, y, max_points=300)
+    assert len(c["fpr"]) <= 300 and c["fpr"][0] == 0 and c["fpr"][-1] == 1
+    assert 0.9 < c["roc_auc"] < 0.95
+    with pytest.raises(ValueError):
+        logic.roc_pr_curves(s[:10], np.ones(10))
+
+
+def test_prepare_image_converts_resizes_and_rejects():
+    rgb = logic.image_bytes(np.random.default_rng(0).random((3, 56, 56)))
+    a = logic.prepare_image(rgb, (1, 28, 28))
+    assert a.shape == (1, 28, 28) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    grey = logic.image_bytes(np.full((1, 32, 32), 0.5))
+    b = logic.prepare_image(grey, (3, 32, 32))
+    assert b.shape == (3, 32, 32) and np.allclose(b, 128 / 255, atol=1 / 255)
+    with pytest.raises(ValueError, match="expects 32×32"):
+        logic.prepare_image(logic.image_bytes(np.zeros((3, 32, 90))), (3, 32, 32))
+    with pytest.raises(ValueError, match="not a readable image"):
+        logic.prepare_image(b"garbage", (1, 28, 28))
+
+
+def test_parse_pairs_csv_good_and_malformed():
+    df = logic.parse_pairs_csv(b"Caption,image_id\n a red bird ,12\nsmall bird,7\n")
+    assert df["caption"].tolist() == ["a red bird", "small bird"] and df["image_id"].tolist() == [12, 7]
+    for content, msg in ((b"", "empty"), (b"text,id\nx,1\n", "lacks column"), (b"caption,image_id\n", "no rows"),
+                         (b"caption,image_id\nbird,abc\n", r"row\(s\) 2 have an image_id"), (b"caption,image_id\n,3\n", "empty caption"),
+                         (b"caption,image_id\nbird,1.5\n", "not an integer")):
+        with pytest.raises(ValueError, match=msg):
+            logic.parse_pairs_csv(content)
+
+
+def test_metrics_table_and_numeric_rows():
+    t = logic.metrics_table({"a": {"x": {"y": 1.0}, "name": "n", "list": [1, 2]}, "b": {"x": {"y": 2}}})
+    assert list(t.columns) == ["a", "b"] and t.loc["x.y"].tolist() == [1.0, 2.0]
+    assert "list" not in t.index and logic.numeric_rows(t) == ["x.y"]
+    assert logic.curve_frame([]).empty
+    assert list(logic.curve_frame([{"step": 1, "loss": 2.0, "tag": "x"}]).columns) == ["step", "loss"]
+
+
+def test_append_history_skips_repeated_steps():
+    h = logic.append_history([], {"step": 1, "loss": 3.0})
+    h = logic.append_history(h, {"step": 1, "loss": 3.0})
+    h = logic.append_history(h, {})
+    assert logic.append_history(h, {"step": 2, "loss": 1.0}) == [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 1.0}]
+
+
+def test_train_argv_is_the_cli_call(tmp_path):
+    argv = jobs.train_argv("r", tmp_path, "cI-MMVAE", "mnist-svhn", 0.1, 2, 50, 4, 3, 2.0, 16)
+    assert argv[1:4] == ["-m", "engine", "train"] and argv[argv.index("--out") + 1] == str(tmp_path / "r")
+    assert argv[argv.index("--max-steps") + 1] == "50" and argv[argv.index("--negatives") + 1] == "3"
+    assert "--max-steps" not in jobs.train_argv("r", tmp_path, "MMVAE", "mnist-svhn", 1.0, 1, None, 1, 1, 2.0, 8)
+    from engine.cli import build_parser
+
+    ns = build_parser().parse_args(argv[3:])
+    assert (ns.model, ns.K, ns.negatives, ns.max_steps, ns.data_fraction) == ("cI-MMVAE", 4, 3, 50, 0.1)
+
+
+def test_jobs_one_at_a_time_cancel_and_stale_records(tmp_path):
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    job = jobs.start("a", sleep, tmp_path)
+    try:
+        assert jobs.active(tmp_path).pid == job.pid and jobs.status(job) == "running"
+        with pytest.raises(jobs.JobError, match="still running"):
+            jobs.start("b", sleep, tmp_path)
+        assert not (tmp_path / "b").exists()
+    finally:
+        assert jobs.cancel(tmp_path, wait=2).pid == job.pid
+    assert jobs.active(tmp_path) is None and jobs.status(job) == "stopped"
+    quick = jobs.start("c", [sys.executable, "-c", "print('hi')"], tmp_path)
+    deadline = time.time() + 30
+    while jobs.is_alive(quick.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert jobs.active(tmp_path) is None and "hi" in jobs.log_tail(quick)
+    with pytest.raises(jobs.JobError, match="already exists"):
+        jobs.start("c", sleep, tmp_path)
+    with pytest.raises(jobs.JobError, match="not allowed"):
+        jobs.check_name("../evil", tmp_path)
+    (tmp_path / jobs.ACTIVE_NAME).write_text("{broken")
+    assert jobs.active(tmp_path) is None
+
+
+def test_runs_finder_reads_configs_and_flags_problems(tmp_path, monkeypatch):
+    from dashboard import runs
+
+    ck = tmp_path / "ck"
+    (ck / "good").mkdir(parents=True)
+    (ck / "good" / "config.json").write_text('{"variant": "cI-MMVAE", "data": {"dataset": "mnist-svhn"}}')
+    (ck / "good" / "checkpoint.pt").write_bytes(b"x")
+    (ck / "broken").mkdir()
+    (ck / "broken" / "config.json").write_text("{nope")
+    (ck / ".hidden").mkdir()
+    (ck / "unrelated-folder").mkdir()
+    monkeypatch.setenv("CMVAE_CHECKPOINTS", str(ck))
+    monkeypatch.setenv("CMVAE_RUNS", str(tmp_path / "missing"))
+    found = {r.name: r for r in runs.find_runs()}
+    assert set(found) == {"good", "broken"}
+    assert found["good"].variant == "cI-MMVAE" and found["good"].problem == "" and found["good"].mtime > 0
+    assert "unreadable" in found["broken"].problem
+    assert [r.name for r in runs.find_runs(dataset="cub")] == []
+    assert runs.datasets(list(found.values())) == ["mnist-svhn", "?"]
