@@ -62,7 +62,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
     return RunConfig(
         variant=variant_name(family, contrastive),
         data=DataConfig(a.dataset, a.source, a.data_root, a.download, a.data_fraction, a.dm, a.seed, a.features),
-        model=ModelConfig(family, a.latent_dim, a.learn_prior, a.alpha),
+        model=ModelConfig(family, a.latent_dim or (20 if a.dataset == "mnist-svhn" else 64), a.learn_prior, a.alpha),
         objective=ObjectiveConfig(contrastive, a.K, a.negatives, a.gamma, a.dreg),
         train=TrainConfig(a.epochs, a.max_steps, a.batch_size, a.lr, a.seed, a.device, a.max_nonfinite,
                           a.k_chunk, a.precision),
@@ -81,7 +81,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--negatives", type=_positive_int, default=5, help="N in-batch negatives per pair (default 5)")
     p.add_argument("--gamma", type=_gamma, default=2.0, help="gamma of eq. (4) (default 2; inf = baseline)")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--latent-dim", type=_positive_int, default=20)
+    p.add_argument("--latent-dim", type=_positive_int, default=None,
+                   help="latent dimensions (default 20 for MNIST-SVHN, 64 for CUB as Shi et al. 2019)")
     p.add_argument("--learn-prior", action="store_true", help="learnable prior scale (MMVAE)")
     p.add_argument("--alpha", type=float, default=0.01, help="JMVAE-kl weight (default 0.01)")
     p.add_argument("--dreg", action="store_true", help="DReG gradients for the IWAE term (MMVAE)")

@@ -40,12 +40,19 @@ class ConcatJointEncoder(nn.Module):
 
     def __init__(self, modalities, latent_dim: int, hidden: int = 512):
         super().__init__()
-        self.trunks = nn.ModuleList(type(m)(**_ctor_args(m)) for m in modalities)
+        self.trunks = nn.ModuleList(_encoder_only(m) for m in modalities)
         self.head = nn.Sequential(nn.Linear(2 * latent_dim * len(modalities), hidden), nn.ReLU(),
                                   nn.Linear(hidden, 2 * latent_dim))
 
     def forward(self, xs):
         return self.head(torch.cat([t.encoder(x).flatten(1) for t, x in zip(self.trunks, xs)], -1))
+
+
+def _encoder_only(m):
+    """A fresh, untied copy of modality m with its decoder dropped (only the encoder is used)."""
+    trunk = type(m)(**_ctor_args(m))
+    trunk.decoder = nn.Identity()
+    return trunk
 
 
 def _ctor_args(m) -> dict:
