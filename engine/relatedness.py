@@ -1,0 +1,342 @@
+"""Relatedness by pointwise mutual information (paper §3.1, §4.5).
+
+I(x, y) = log p(x, y) - log p(x) - log p(y), each term an IWAE_K estimate from the trained model:
+the joint through ``model.log_weights`` (MMVAE: stratified over its mixture, K samples per expert),
+the marginals through ``model.unimodal_log_weights`` (q(z | x_m) and modality m's decoder; JMVAE
+through its unimodal encoders). All terms use ``scaled=True``: the likelihood-scaled densities
+the model was trained on (MNIST weighted by 3072/784 beside SVHN), so a pair's PMI measures the
+dependence the training objective saw; with scaled=False MNIST's term would be ~4x smaller.
+
+Noise is a pure function of (seed, stream, item index) (:class:`ItemNoise`), so a score does not
+depend on batching, and ``score_matrix``'s diagonal equals ``score_pairs`` on the same pairs.
+Thresholds turn scores into related / unrelated predictions (``fit_threshold``,
+``classification_report``); ``python -m engine relatedness RUN_DIR`` evaluates a trained run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from engine import objectives as O
+from engine.errors import ConfigError, DataError
+from engine.models import MMVAE
+from engine.models import distributions as D
+
+STREAMS = {"x": 0, "y": 1, "ux": 2, "uy": 3}   # joint noise of x / y items, marginal noise of x / y
+NOISE_CHUNK = 256            # items per independently seeded noise chunk
+ELEMENT_BUDGET = 1 << 24     # floats per gathered likelihood tensor (bounds score_matrix's memory)
+PROGRESS_MIN = 4096          # show a progress bar from this many pairs on (progress=None)
+
+
+class ItemNoise:
+    """Standard sampling noise for item i of a stream as a pure function of (seed, stream, i).
+
+    Noise is drawn on the CPU in chunks of NOISE_CHUNK items, each chunk from its own generator
+    seeded by (seed, stream, chunk), so any batching of the items sees the same numbers.
+    """
+
+    def __init__(self, family: str, K: int, latent_dim: int, seed: int = 0, device=None):
+        self.family, self.K, self.latent_dim, self.seed, self.device = family, K, latent_dim, seed, device
+
+    def _chunk(self, stream: str, c: int) -> torch.Tensor:
+        state = np.random.SeedSequence([self.seed, STREAMS[stream], c]).generate_state(2, np.uint64)[0]
+        g = torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+        return D.noise(self.family, (self.K, NOISE_CHUNK, self.latent_dim), generator=g)
+
+    def take(self, stream: str, start: int, stop: int) -> torch.Tensor:
+        """(K, stop - start, L) noise of items start..stop-1 of ``stream``."""
+        first, last = start // NOISE_CHUNK, (stop - 1) // NOISE_CHUNK
+        block = torch.cat([self._chunk(stream, c) for c in range(first, last + 1)], 1)
+        off = first * NOISE_CHUNK
+        return block[:, start - off:stop - off].to(self.device)
+
+
+def combine_noise(family: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Noise for pair (i, j) from item noises a_i, b_j with the same standard distribution.
+
+    Normal: (a + b) / sqrt 2. Laplace (uniform noise on [-1/2, 1/2)): (a + b) mod 1, recentred.
+    """
+    if family == "normal":
+        return (a + b) * (1.0 / math.sqrt(2.0))
+    return torch.remainder(a + b + 1.0, 1.0) - 0.5
+
+
+def _stratified(model) -> bool:
+    """Mixture posteriors (MMVAE) draw one stratum per item, so a pair's noise is its items' noise."""
+    return isinstance(model, MMVAE)
+
+
+def _forward_noise(model, ex: torch.Tensor, ey: torch.Tensor) -> list[torch.Tensor]:
+    """The noise list ``model.forward`` takes for positive pairs (x_b, y_b)."""
+    if _stratified(model):
+        return [ex, ey]
+    return [combine_noise(model.family, ex, ey)] * (model.n_modalities + 1)
+
+
+def _marginals(model, x: torch.Tensor, m: int, K: int, noise: torch.Tensor) -> torch.Tensor:
+    """IWAE_K estimate of log p(x_m) per item, (B,)."""
+    return O.iwae(model.unimodal_log_weights(x, m, K, noise=noise, scaled=True))
+
+
+def _event_size(model) -> int:
+    return max(int(np.prod(mod.event_shape)) if mod.event_shape else 1 for mod in model.mods)
+
+
+def _check_pairs(xs: torch.Tensor, ys: torch.Tensor, same_length: bool) -> None:
+    if len(xs) == 0 or len(ys) == 0:
+        raise DataError("no items to score")
+    if same_length and len(xs) != len(ys):
+        raise DataError(f"score_pairs needs as many x as y items, got {len(xs)} and {len(ys)}")
+
+
+def score_pairs(model, xs: torch.Tensor, ys: torch.Tensor, K: int = 30, batch_size: int = 64,
+                seed: int = 0, progress: bool | None = None, offset: int = 0) -> np.ndarray:
+    """PMI I(xs[i], ys[i]) for every i, as a float64 array (len(xs),).
+
+    Pair i uses item noise offset + i of the x, y, ux and uy streams of ``ItemNoise(seed)`` (an
+    offset lets a long list be scored in pieces with the noise of one call); the result does not
+    depend on ``batch_size``. ``progress`` None: a bar from PROGRESS_MIN pairs on.
+    """
+    _check_pairs(xs, ys, same_length=True)
+    if K < 1 or batch_size < 1:
+        raise ConfigError(f"K and batch_size must be >= 1, got K={K}, batch_size={batch_size}")
+    n = len(xs)
+    noise = ItemNoise(model.family, K, model.latent_dim, seed, model.device)
+    out = np.empty(n, np.float64)
+    show = n >= PROGRESS_MIN if progress is None else progress
+    with torch.inference_mode():
+        for a in tqdm(range(0, n, batch_size), disable=not show, desc="PMI", unit="batch"):
+            b = min(a + batch_size, n)
+            x, y = xs[a:b].to(model.device), ys[a:b].to(model.device)
+            i, j = offset + a, offset + b
+            ex, ey = noise.take("x", i, j), noise.take("y", i, j)
+            enc = model([x, y], K, noise=_forward_noise(model, ex, ey))
+            joint = O.iwae(model.log_weights(enc, scaled=True))
+            px = _marginals(model, x, 0, K, noise.take("ux", i, j))
+            py = _marginals(model, y, 1, K, noise.take("uy", i, j))
+            out[a:b] = (joint - px - py).double().cpu().numpy()
+    return out
+
+
+def score_index(model, modalities, index, K: int = 30, batch_size: int = 64, seed: int = 0,
+                progress: bool | None = None, piece: int = 8192) -> np.ndarray:
+    """PMI of the pairs ``index`` (P, 2) into two unimodal tensors, gathered ``piece`` pairs at a
+    time (memory stays bounded for millions of pairs); equals score_pairs on the gathered pairs."""
+    index = torch.as_tensor(np.asarray(index), dtype=torch.int64)
+    if index.ndim != 2 or index.shape[1] != 2 or len(index) == 0:
+        raise DataError(f"index must be a non-empty (P, 2) array, got shape {tuple(index.shape)}")
+    show = len(index) >= PROGRESS_MIN if progress is None else progress
+    one = len(index) <= piece       # one piece: score_pairs shows the bar per batch
+    out = [score_pairs(model, modalities[0][part[:, 0]], modalities[1][part[:, 1]], K, batch_size, seed,
+                       show and one, offset=a)
+           for a, part in tqdm(zip(range(0, len(index), piece), index.split(piece)), disable=not show or one,
+                               total=-(-len(index) // piece), desc="PMI", unit="piece")]
+    return np.concatenate(out)
+
+
+def score_matrix(model, xs: torch.Tensor, ys: torch.Tensor, K: int = 30, seed: int = 0,
+                 block: int = 64, progress: bool | None = None) -> np.ndarray:
+    """All-pairs PMI, (len(xs), len(ys)): entry (i, j) = I(xs[i], ys[j]).
+
+    Marginals are computed once per item. Items are taken in blocks of ``block`` x and ``block``
+    y items: one forward pass per block pair (encodes and, for MMVAE, decodes), then
+    ``log_weights`` over every (i, j) of the block in chunks sized by ELEMENT_BUDGET. x item i
+    and y item j carry the noise score_pairs gives pair i and pair j, so the diagonal of the
+    result equals score_pairs(xs, ys) on equal-length inputs.
+    """
+    _check_pairs(xs, ys, same_length=False)
+    if K < 1 or block < 1:
+        raise ConfigError(f"K and block must be >= 1, got K={K}, block={block}")
+    dev = model.device
+    nx, ny = len(xs), len(ys)
+    noise = ItemNoise(model.family, K, model.latent_dim, seed, dev)
+    S = model.n_modalities if _stratified(model) else 1
+    per_pair = S * K * _event_size(model)          # floats one pair's likelihood terms gather
+    block = max(1, min(block, 4 * ELEMENT_BUDGET // per_pair))
+    chunk = max(1, ELEMENT_BUDGET // per_pair)
+    out = np.empty((nx, ny), np.float64)
+    blocks = [(a, min(a + block, nx), c, min(c + block, ny)) for a in range(0, nx, block) for c in range(0, ny, block)]
+    show = nx * ny >= PROGRESS_MIN if progress is None else progress
+    with torch.inference_mode():
+        px = torch.cat([_marginals(model, xs[a:a + block].to(dev), 0, K, noise.take("ux", a, min(a + block, nx)))
+                        for a in range(0, nx, block)])
+        py = torch.cat([_marginals(model, ys[c:c + block].to(dev), 1, K, noise.take("uy", c, min(c + block, ny)))
+                        for c in range(0, ny, block)])
+        for a, b, c, d in tqdm(blocks, disable=not show, desc="PMI matrix", unit="block"):
+            B = max(b - a, d - c)   # both modalities need the same batch size: pad the shorter by repeats
+            ix = torch.arange(B).clamp(max=b - a - 1)
+            iy = torch.arange(B).clamp(max=d - c - 1)
+            x, y = xs[a:b][ix].to(dev), ys[c:d][iy].to(dev)
+            ex, ey = noise.take("x", a, b)[:, ix.to(dev)], noise.take("y", c, d)[:, iy.to(dev)]
+            enc = model([x, y], K, noise=_forward_noise(model, ex, ey))
+            J = torch.cartesian_prod(torch.arange(b - a), torch.arange(d - c)).T.to(dev)   # (2, P), row-major
+            vals = []
+            for part in J.split(chunk, 1):
+                pair_noise = None if _stratified(model) else combine_noise(model.family, ex[:, part[0]], ey[:, part[1]])
+                vals.append(O.iwae(model.log_weights(enc, part, noise=pair_noise, scaled=True)))
+            joint = torch.cat(vals).view(b - a, d - c)
+            out[a:b, c:d] = (joint - px[a:b, None] - py[None, c:d]).double().cpu().numpy()
+    return out
+
+
+# ---- related vs unrelated ------------------------------------------------------------------------
+def evaluate_relatedness(model, data, n_pairs: int = 1000, K: int = 30, seed: int = 0,
+                         batch_size: int = 64, progress: bool | None = None) -> dict:
+    """PMI of ``n_pairs`` random related test pairs and as many random unrelated ones.
+
+    Unrelated pairs come from the unimodal test sets with differing labels
+    (engine.data.pairing.unrelated_pairs). Returns auc, average_precision (sklearn; related = 1)
+    and the two PMI arrays (pmi_related, pmi_unrelated) for histograms.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from engine.data.pairing import unrelated_pairs
+
+    if n_pairs < 1:
+        raise ConfigError(f"n_pairs must be >= 1, got {n_pairs}")
+    test = data.test
+    n = min(n_pairs, len(test))
+    idx = torch.from_numpy(np.random.default_rng(seed).choice(len(test), n, replace=False))
+    (xr, yr), _ = test.batch(idx)
+    (xa, la), (xb, lb) = (data.unimodal["test"][name] for name in data.names)
+    ia, ib = unrelated_pairs(la.numpy(), lb.numpy(), n, seed)
+    related = score_pairs(model, xr, yr, K, batch_size, seed, progress)
+    unrelated = score_pairs(model, xa[torch.from_numpy(ia)], xb[torch.from_numpy(ib)], K, batch_size, seed, progress)
+    scores = np.concatenate([related, unrelated])
+    labels = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
+    return {"auc": float(roc_auc_score(labels, scores)),
+            "average_precision": float(average_precision_score(labels, scores)),
+            "n_pairs": n, "K": K, "seed": seed, "pmi_related": related, "pmi_unrelated": unrelated}
+
+
+# ---- thresholds --------------------------------------------------------------------------------
+def _as_arrays(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel()
+    if s.shape != y.shape or s.size == 0:
+        raise DataError(f"scores and labels must be non-empty and of equal length, got {s.size} and {y.size}")
+    if not np.isin(y, (0, 1)).all():
+        raise DataError("labels must be 0/1 or boolean (1 = related)")
+    if not np.isfinite(s).all():
+        raise DataError("scores must be finite")
+    return s, y.astype(bool)
+
+
+def _metrics(tp, fp, tn, fn) -> dict:
+    """Precision, recall, F1 and accuracy from counts (vectorised; 0 where undefined)."""
+    tp, fp, tn, fn = (np.asarray(v, np.float64) for v in (tp, fp, tn, fn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    accuracy = (tp + tn) / (tp + fp + tn + fn)
+    return {"precision": precision, "recall": recall, "f1": f1, "accuracy": accuracy}
+
+
+def fit_threshold(scores, labels, criterion: str = "f1") -> tuple[float, dict]:
+    """The threshold t (related iff score >= t) maximising F1 or Youden's J = TPR - FPR.
+
+    Candidates are all cuts between distinct sorted scores, evaluated at once by cumulative sums;
+    the chosen t lies midway between the last score kept and the next lower one (ties: the
+    highest such t). Returns (t, dict(precision, recall, f1, accuracy)) on the fitting data.
+    """
+    if criterion not in ("f1", "youden"):
+        raise ConfigError(f"criterion must be 'f1' or 'youden', got {criterion!r}")
+    s, y = _as_arrays(scores, labels)
+    if y.all() or not y.any():
+        raise DataError("fitting a threshold needs both related and unrelated examples")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])          # end of each run of equal scores
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    P, N = y.sum(), (~y).sum()
+    m = _metrics(tp, fp, N - fp, P - tp)
+    objective = m["f1"] if criterion == "f1" else tp / P - fp / N
+    k = int(np.argmax(objective))
+    t = float(s[last[k]] if k + 1 == len(last) else 0.5 * (s[last[k]] + s[last[k] + 1]))
+    return t, {name: float(v[k]) for name, v in m.items()}
+
+
+def classification_report(scores, labels, threshold: float) -> dict:
+    """Precision, recall, F1, accuracy and the confusion counts at ``threshold`` (score >= t: related).
+
+    numpy only, so a live threshold slider can call it on cached scores at every update.
+    """
+    s, y = _as_arrays(scores, labels)
+    pred = s >= threshold
+    tp = int(np.count_nonzero(pred & y))
+    fp = int(np.count_nonzero(pred & ~y))
+    fn = int(np.count_nonzero(~pred & y))
+    tn = int(y.size - tp - fp - fn)
+    m = {k: float(v) for k, v in _metrics(tp, fp, tn, fn).items()}
+    return {**m, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "threshold": float(threshold)}
+
+
+def split_fit_report(related: np.ndarray, unrelated: np.ndarray, seed: int = 0,
+                     criterion: str = "f1") -> dict:
+    """Fit a threshold on a random half of each set and report P/R/F1 on the other half."""
+    rng = np.random.default_rng(seed)
+    r, u = rng.permutation(related), rng.permutation(unrelated)
+    hr, hu = len(r) // 2, len(u) // 2
+    if min(hr, hu) < 1:
+        raise DataError("need at least two related and two unrelated scores to fit and report")
+
+    def labelled(a, b):
+        return np.concatenate([a, b]), np.concatenate([np.ones(len(a), bool), np.zeros(len(b), bool)])
+
+    t, fit = fit_threshold(*labelled(r[:hr], u[:hu]), criterion)
+    rep = classification_report(*labelled(r[hr:], u[hu:]), t)
+    return {"threshold": t, "fit": fit, **{k: rep[k] for k in ("precision", "recall", "f1", "accuracy")},
+            "note": f"threshold fitted by {criterion} on a random half of the labelled pairs; "
+                    "precision/recall/f1/accuracy on the other half"}
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+def add_parser(sub) -> None:
+    p = sub.add_parser("relatedness", help="PMI of related vs unrelated test pairs (AUC, threshold, P/R/F1)",
+                       description="Score related and unrelated test pairs of a trained run by PMI; writes "
+                                   "relatedness.json, pmi_related.npy and pmi_unrelated.npy beside the checkpoint.")
+    p.add_argument("run_dir", help="run directory (or checkpoint.pt)")
+    p.add_argument("--pairs", type=int, default=1000, help="related and unrelated pairs each (default 1000)")
+    p.add_argument("--K", type=int, default=30, help="importance samples per IWAE estimate (default 30)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run_relatedness)
+
+
+def run_relatedness(a: argparse.Namespace) -> int:
+    import engine
+    from engine.checkpoints import atomic_write_text
+    from engine.registry import build_data
+
+    model = engine.load(a.run_dir, a.device)
+    data = build_data(model.config.data)
+    res = evaluate_relatedness(model, data, a.pairs, a.K, a.seed, a.batch_size, progress=True)
+    rel, unrel = res.pop("pmi_related"), res.pop("pmi_unrelated")
+    res.update(split_fit_report(rel, unrel, a.seed))
+    res.update({"variant": model.config.variant, "pmi_related_mean": float(rel.mean()),
+                "pmi_unrelated_mean": float(unrel.mean())})
+    run = model.source_path.parent
+    np.save(run / "pmi_related.npy", rel)
+    np.save(run / "pmi_unrelated.npy", unrel)
+    atomic_write_text(run / "relatedness.json", json.dumps(res, indent=2))
+    if a.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['variant']}: AUC {res['auc']:.3f}  AP {res['average_precision']:.3f}  "
+              f"threshold {res['threshold']:.2f}  P {res['precision']:.3f}  R {res['recall']:.3f}  "
+              f"F1 {res['f1']:.3f}  (PMI related {res['pmi_related_mean']:.2f}, "
+              f"unrelated {res['pmi_unrelated_mean']:.2f}; wrote {run / 'relatedness.json'})")
+    return 0
+
+
+__all__ = ["ItemNoise", "combine_noise", "score_pairs", "score_index", "score_matrix", "evaluate_relatedness",
+           "fit_threshold", "classification_report", "split_fit_report", "add_parser"]
