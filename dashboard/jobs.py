@@ -51,8 +51,11 @@ class Job:
 
 def train_argv(name: str, runs_root: Path, model: str, dataset: str, data_fraction: float, epochs: int,
                max_steps: int | None, K: int, N: int, gamma: float, batch_size: int,
-               device: str = "auto") -> list[str]:
-    """The CLI call a dashboard training run makes (the same a user would type)."""
+               device: str = "auto", source: str = "offline", data_root: str | None = None) -> list[str]:
+    """The CLI call a dashboard training run makes (the same a user would type).
+
+    ``data_root`` is passed (as --data-root) only where it is read: dataset ``cub`` or source ``real``.
+    """
     argv = [sys.executable, "-m", "engine", "train", "--model", model, "--dataset", dataset,
             "--data-fraction", repr(float(data_fraction)), "--epochs", str(int(epochs)),
             "--K", str(int(K)), "--negatives", str(int(N)), "--gamma", repr(float(gamma)),
@@ -60,7 +63,16 @@ def train_argv(name: str, runs_root: Path, model: str, dataset: str, data_fracti
             "--out", str(Path(runs_root) / name), "--no-progress"]
     if max_steps:
         argv[argv.index("--epochs"):argv.index("--epochs")] = ["--max-steps", str(int(max_steps))]
+    if source != "offline":
+        argv[argv.index("--data-fraction"):argv.index("--data-fraction")] = ["--source", source]
+    if needs_data_root(dataset, source) and data_root:
+        argv[argv.index("--data-fraction"):argv.index("--data-fraction")] = ["--data-root", str(data_root)]
     return argv
+
+
+def needs_data_root(dataset: str, source: str) -> bool:
+    """Whether a run reads files under a data root: real CUB, or real (torchvision) MNIST-SVHN."""
+    return dataset == "cub" or source == "real"
 
 
 def _state_file(runs_root: Path) -> Path:

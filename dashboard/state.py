@@ -34,10 +34,16 @@ def engine_feature(module: str, *names: str):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def load_model(path: str, mtime: float):
-    """engine.load(path) once per (path, mtime) per process."""
+    """engine.load(path) once per (path, mtime) per process.
+
+    Also sets one intra-op torch thread for the process (before any model computes): interactive
+    queries are small, and on a 2-core CPU shared with training, 2 threads made a caption → image
+    query ~24x slower (oversubscription: 236 vs 10 ms median on the offline synthetic CUB).
+    """
     import engine
     import torch
 
+    torch.set_num_threads(1)
     torch.set_grad_enabled(False)
     return engine.load(path, device=device())
 
@@ -91,6 +97,15 @@ def generations(path: str, mtime: float, mode: str, n: int, seed: int) -> dict:
 
     model = load_model(path, mtime)
     return gen(model, data_for(model), mode, n, seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cub_generations(path: str, mtime: float, mode: str, n: int, seed: int, decoding: str) -> dict:
+    """engine.captions.cub_generations for one CUB run: caption text and nearest-train-image paths."""
+    from engine.captions import cub_generations as gen
+
+    model = load_model(path, mtime)
+    return gen(model, data_for(model), mode, n=n, seed=seed, decoding=decoding)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

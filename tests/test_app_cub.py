@@ -86,3 +86,49 @@ def test_retrieval_empty_caption_is_an_error(cub):
     at.text_input(key="ret_caption").set_value("   ")
     at.form_submit_button[0].click().run()
     assert problems(at) == [] and any("empty" in e.value for e in at.error)
+
+
+def generate(at, mode: str, n: int, decoding: str = "greedy"):
+    at.radio(key="gen_mode").set_value(mode)
+    at.number_input(key="gen_n").set_value(n)
+    at.radio(key="gen_decoding").set_value(decoding)
+    at.form_submit_button[0].click().run()
+    return at
+
+
+def shown_text(at) -> list[str]:
+    """Markdown shown on the page with the markdown escapes undone (captions read as typed)."""
+    import re
+
+    return [re.sub(r"\\(.)", r"\1", m.value) for m in at.markdown]
+
+
+@pytest.mark.parametrize("mode,headers", [
+    ("image_to_caption", ["input image", "generated caption"]),
+    ("caption_to_image", ["input caption", "generated image (nearest train image)"]),
+    ("reconstruct", ["input image", "input caption", "generated image (nearest train image)", "generated caption"]),
+    ("joint", ["generated image (nearest train image)", "generated caption"])])
+def test_cub_generations_show_the_engines_captions_and_images(cub, mode, headers):
+    from engine import load
+    from engine.captions import cub_generations
+    from dashboard.runs import find_runs
+
+    _, data = cub
+    at = generate(app("generations"), mode, 3)
+    assert problems(at) == [] and not at.error, [e.value for e in at.error]
+    text = shown_text(at)
+    assert [t.strip("*") for t in text if t.startswith("**")] == headers
+    expected = cub_generations(load(find_runs()[0].path, "cpu"), data, mode, n=3, seed=0, decoding="greedy")
+    for key in ("input_captions", "output_captions"):
+        for caption in expected.get(key, []):
+            assert (caption or "*(empty caption)*") in text, (key, caption)
+    n_images = 3 * sum(k in expected for k in ("input_image_paths", "output_image_paths"))
+    assert len(at.get("image")) == n_images
+
+
+def test_cub_sampled_captions_differ_from_greedy_ones(cub):
+    at = generate(app("generations"), "image_to_caption", 4)
+    greedy = shown_text(at)
+    generate(at, "image_to_caption", 4, "sample")
+    assert problems(at) == [] and not at.error
+    assert shown_text(at) != greedy

@@ -63,3 +63,32 @@ def test_train_page_starts_a_run_that_lands_in_the_picker(root):
     again.text_input(key="tr_name").set_value("dash-run")
     again.form_submit_button[0].click().run()
     assert any("already exists" in e.value for e in again.error)
+
+
+def test_data_root_is_asked_for_cub_and_the_real_source_only(root, monkeypatch):
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda name, argv, runs_root: started.append(argv) or jobs.Job(
+        0, name, Path(runs_root) / name, argv, 0.0))
+    monkeypatch.setattr(jobs, "active", lambda runs_root: None)
+    at = app("train")
+    assert "tr_data_root" not in [t.key for t in at.text_input]           # mnist-svhn, offline
+    at.selectbox(key="tr_dataset").set_value("cub").run()
+    at.text_input(key="tr_name").set_value("cub-run")
+    at.form_submit_button[0].click().run()
+    assert problems(at) == [] and any("Data root" in e.value for e in at.error) and not started
+    at.text_input(key="tr_data_root").set_value("/data/CUB").run()
+    at.form_submit_button[0].click().run()
+    assert problems(at) == [] and not at.error
+    assert started[-1][started[-1].index("--data-root") + 1] == "/data/CUB"
+    at.selectbox(key="tr_dataset").set_value("cub-synthetic").run()
+    assert "tr_data_root" not in [t.key for t in at.text_input] and "tr_source" not in [s.key for s in at.selectbox]
+    at.text_input(key="tr_name").set_value("synth-run")
+    at.form_submit_button[0].click().run()
+    assert "--data-root" not in started[-1] and "--source" not in started[-1]
+    at.selectbox(key="tr_dataset").set_value("mnist-svhn").run()
+    at.selectbox(key="tr_source").set_value("real").run()
+    at.text_input(key="tr_data_root").set_value("/data/torchvision").run()
+    at.text_input(key="tr_name").set_value("real-run")
+    at.form_submit_button[0].click().run()
+    argv = started[-1]
+    assert argv[argv.index("--source") + 1] == "real" and argv[argv.index("--data-root") + 1] == "/data/torchvision"

@@ -118,6 +118,20 @@ def test_train_argv_is_the_cli_call(tmp_path):
     assert (ns.model, ns.K, ns.negatives, ns.max_steps, ns.data_fraction) == ("cI-MMVAE", 4, 3, 50, 0.1)
 
 
+@pytest.mark.parametrize("dataset,source,expected", [("cub", "offline", ("offline", "/data/cub")),
+                                                     ("mnist-svhn", "real", ("real", "/data/cub")),
+                                                     ("cub-synthetic", "offline", ("offline", None)),
+                                                     ("mnist-svhn", "offline", ("offline", None))])
+def test_train_argv_passes_the_data_root_only_where_it_is_read(tmp_path, dataset, source, expected):
+    from engine.cli import build_parser
+
+    argv = jobs.train_argv("r", tmp_path, "MMVAE", dataset, 1.0, 1, None, 1, 1, 2.0, 8, source=source,
+                           data_root="/data/cub")
+    ns = build_parser().parse_args(argv[3:])
+    assert (ns.source, ns.data_root) == expected and ns.dataset == dataset
+    assert jobs.needs_data_root(dataset, source) == (expected[1] is not None)
+
+
 def test_jobs_one_at_a_time_cancel_and_stale_records(tmp_path):
     sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
     job = jobs.start("a", sleep, tmp_path)

@@ -1,39 +1,90 @@
-"""Generations: joint samples from the prior, cross-modal generations and reconstructions."""
+"""Generations: joint samples from the prior, cross-modal generations and reconstructions.
+
+MNIST-SVHN shows decoded image grids (engine.generate); CUB shows caption text and, for image
+features, their nearest train image (engine.captions.cub_generations).
+"""
+import re
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from dashboard import logic, state, ui
 
+CUB = ("cub", "cub-synthetic")
+CUB_LABELS = {"joint": "Joint (from the prior)", "image_to_caption": "Image → caption",
+              "caption_to_image": "Caption → image", "reconstruct": "Reconstructions"}
+CUB_COLUMNS = (("input_image_paths", "input image", 1), ("input_captions", "input caption", 2),
+               ("output_image_paths", "generated image (nearest train image)", 1),
+               ("output_captions", "generated caption", 2))
+
 st.title("Generations")
 st.caption("Samples decoded by the model: joint from the prior p(z), cross-modal from q(z | x_m), "
-           "and reconstructions. Inputs appear beside their outputs, in the same grid positions.")
+           "and reconstructions. Inputs appear beside their outputs.")
 
 dataset = ui.pick_dataset("gen", container=st.sidebar)
 runs = ui.pick_runs("gen", dataset=dataset, container=st.sidebar, default_names=("cI-MMVAE",))
 if not runs:
     st.stop()
 run = runs[0]
-gen_mod = state.engine_feature("generate", "generations")
-if gen_mod is None:
-    ui.feature_missing("Generation", "generate")
-    st.stop()
-names = ("mnist", "svhn") if run.dataset == "mnist-svhn" else ("image", "caption")
-modes = {m: logic.mode_label(m) for m in gen_mod.modes(names)} if hasattr(gen_mod, "modes") else {"joint": "joint"}
+is_cub = run.dataset in CUB
+if is_cub:
+    gen_mod = state.engine_feature("captions", "cub_generations", "MODES")
+    if gen_mod is None:
+        ui.feature_missing("CUB generation", "captions")
+        st.stop()
+    modes = {m: CUB_LABELS.get(m, m) for m in gen_mod.MODES}
+    st.caption("Generated image features are shown as their nearest train image (Euclidean distance in feature "
+               "space, as in the paper's Appendix H); captions are decoded greedily or by sampling each word.")
+else:
+    gen_mod = state.engine_feature("generate", "generations")
+    if gen_mod is None:
+        ui.feature_missing("Generation", "generate")
+        st.stop()
+    modes = ({m: logic.mode_label(m) for m in gen_mod.modes(("mnist", "svhn"))} if hasattr(gen_mod, "modes")
+             else {"joint": "joint"})
 
 with st.form("gen_form"):
-    c1, c2, c3 = st.columns([2, 1, 1])
+    c1, c2, c3, c4 = st.columns([3, 1, 1, 1.2])
     mode = c1.radio("What to generate", list(modes), format_func=modes.get, horizontal=True, key="gen_mode")
-    n = c2.number_input("Samples", min_value=1, max_value=64, value=16, step=1, key="gen_n")
+    n = c2.number_input("Samples", min_value=1, max_value=64, value=8 if is_cub else 16, step=1,
+                        key="gen_n")
     seed = c3.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="gen_seed")
+    decoding = (c4.radio("Caption decoding", ["greedy", "sample"], horizontal=True, key="gen_decoding",
+                         help="greedy: the most likely word at each position; sample: one draw per position.")
+                if is_cub else "greedy")
     submitted = st.form_submit_button("Generate", type="primary")
 if submitted:
-    st.session_state["_gen_request"] = (run.key, mode, int(n), int(seed))
+    st.session_state["_gen_request"] = (run.key, mode, int(n), int(seed), decoding)
 request = st.session_state.get("_gen_request")
-if not request or request[0] != run.key:
+if not request or request[0] != run.key or request[1] not in modes:
     st.info("Choose what to generate and press **Generate**.")
     st.stop()
-_, mode, n, seed = request
+_, mode, n, seed, decoding = request
+
+
+def md_text(text: str) -> str:
+    """Caption text safe for markdown (so tokens like <unk> or * show literally)."""
+    return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~])", r"\\\1", text)
+
+
+def show_cub(out: dict) -> None:
+    """One row per sample: inputs (image, caption) beside outputs (nearest train image, caption)."""
+    cols = [(key, title, width) for key, title, width in CUB_COLUMNS if key in out]
+    header = st.columns([w for *_, w in cols])
+    for col, (_, title, _) in zip(header, cols):
+        col.markdown(f"**{title}**")
+    for i in range(len(out[cols[0][0]])):
+        row = st.columns([w for *_, w in cols], vertical_alignment="center")
+        for col, (key, _, _) in zip(row, cols):
+            value = out[key][i]
+            if key.endswith("image_paths"):
+                try:
+                    col.image(value, width=120)
+                except (OSError, ValueError) as e:
+                    col.warning(f"cannot show {value} ({e})")
+            else:
+                col.markdown(md_text(value) if value.strip() else "*(empty caption)*")
 
 
 def show_outputs(out: dict, mode: str, n: int) -> None:
@@ -60,12 +111,18 @@ def show_outputs(out: dict, mode: str, n: int) -> None:
 model = ui.load_model(run)
 if model is None:
     st.stop()
+label = f"{modes.get(mode, mode)}: {n} samples, seed {seed}" + (f", {decoding} decoding" if is_cub else "")
 with ui.section():
-    with st.status(f"Generating {modes.get(mode, mode)} ({n} samples, seed {seed}) ...", expanded=False) as status:
+    with st.status(f"Generating {label} ...", expanded=False) as status:
         with ui.guarded("Generation"):
-            out = state.generations(str(run.path), run.mtime, mode, n, seed)
-        status.update(label=f"{modes.get(mode, mode)}: {n} samples, seed {seed}", state="complete")
+            if is_cub:
+                out = state.cub_generations(str(run.path), run.mtime, mode, n, seed, decoding)
+            else:
+                out = state.generations(str(run.path), run.mtime, mode, n, seed)
+        status.update(label=label, state="complete")
     if not isinstance(out, dict) or not out:
         st.error("The engine returned no generations for this mode.")
+    elif is_cub:
+        show_cub(out)
     else:
         show_outputs(out, mode, n)

@@ -40,6 +40,8 @@ for run in chosen:
             cols = [c for c in ("loss", "term1", "term2", "elbo", "test_iwae") if c in df]
             st.plotly_chart(plots.training_curves(df, cols, x="step" if "step" in df else "epoch"),
                             key=f"curve_{run.key}")
+            st.caption("loss: the minimised objective (lower is better); elbo, test_iwae: log-likelihood bounds "
+                       "(higher is better); term1, term2: the two terms of eq. (4) (term2 for contrastive runs only).")
     try:
         metrics = state.metrics_json(run.path)
     except ValueError as e:

@@ -13,7 +13,8 @@ from dashboard import logic, plots, state, ui
 st.title("Relatedness")
 st.caption("Pointwise mutual information PMI(x, y) = log p(x,y) − log p(x) − log p(y) on test pairs. "
            "A pair is judged **related** when its PMI is at least the threshold. A contrastive model "
-           "(cI-/cC-) should separate the two histograms better than its baseline.")
+           "(cI-/cC-) should separate the two histograms better than its baseline. The red dot on the ROC and "
+           "precision–recall curves is the current threshold.")
 
 # ---- URL -> selection (once per session) ---------------------------------------------------------
 if "_rel_url_read" not in st.session_state:

@@ -13,11 +13,21 @@ st.title("Train")
 st.caption(f"Runs are written to `{runs.runs_root()}` and show up in the checkpoint pickers.")
 root = runs.runs_root()
 
+d1, d2, d3 = st.columns(3)
+dataset = d1.selectbox("Dataset", DATASETS, key="tr_dataset",
+                       help="cub-synthetic is an offline stand-in for CUB; cub needs the real CUB files.")
+source = (d2.selectbox("Source", ["offline", "real"], key="tr_source",
+                       help="offline: the embedded data, no download; real: torchvision files under the data root.")
+          if dataset == "mnist-svhn" else "offline")
+data_root = ""
+if jobs.needs_data_root(dataset, source):
+    data_root = d3.text_input("Data root", key="tr_data_root", placeholder="/path/to/data",
+                              help="CUB_200_2011/ and cub_text/ for cub; MNIST/ and SVHN files for the real source.")
+
 with st.form("train_form"):
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns([2, 1])
     variant = c1.selectbox("Model", VARIANTS, index=VARIANTS.index("cI-MMVAE"), key="tr_model")
-    dataset = c2.selectbox("Dataset", DATASETS, key="tr_dataset")
-    name = c3.text_input("Run name", value="", placeholder=logic.default_run_name(variant, dataset),
+    name = c2.text_input("Run name", value="", placeholder=logic.default_run_name(variant, dataset),
                          key="tr_name", help="Folder name under the runs root; empty: model-dataset-time.")
     c4, c5, c6 = st.columns(3)
     fraction = c4.slider("Data fraction", 0.01, 1.0, 0.1, step=0.01, key="tr_fraction",
@@ -35,12 +45,15 @@ with st.form("train_form"):
 if submitted:
     run_name = (name or "").strip() or logic.default_run_name(variant, dataset)
     running = jobs.active(root)
-    if running is not None:
+    if jobs.needs_data_root(dataset, source) and not data_root.strip():
+        st.error(f"Dataset {dataset}{' (real source)' if source == 'real' else ''} reads its files from a data "
+                 "root: fill in **Data root** above, or pick cub-synthetic / the offline source.")
+    elif running is not None:
         st.warning(f"Training run **{running.name}** is still running. Only one run at a time: wait for it to "
                    "finish or cancel it below, then start again.")
     else:
         argv = jobs.train_argv(run_name, root, variant, dataset, fraction, epochs, max_steps or None, K, N, gamma,
-                               batch)
+                               batch, source=source, data_root=data_root.strip() or None)
         try:
             job = jobs.start(run_name, argv, root)
         except (jobs.JobError, OSError) as e:
