@@ -108,3 +108,22 @@ def load_state(model: torch.nn.Module, state: dict, path: Any = "checkpoint") ->
         raise CheckpointError(f"{path}: the saved weights do not fit the model its config describes: "
                               + "; ".join(parts))
     model.load_state_dict(state)
+
+
+def export_checkpoint(run_dir: str | Path, out_dir: str | Path, half: bool = True) -> Path:
+    """Write an inference-only copy of a run: model weights (fp16 by default), config and the
+    run's text records, without optimiser or RNG state. ``engine.load`` reads it; it cannot be
+    resumed. Used for the shipped checkpoints, which must stay small."""
+    src = resolve(run_dir)
+    ck = read_checkpoint(src)
+    state = {k: v.half() if half and v.is_floating_point() else v for k, v in ck["model"].items()}
+    out = Path(out_dir)
+    payload = {"format_version": FORMAT_VERSION, "config": ck["config"], "model": state,
+               "epoch": ck.get("epoch", 0), "step": ck.get("step", 0), "exported": True}
+    atomic_save(payload, out / CHECKPOINT_NAME)
+    for name in ("config.json", "metrics.jsonl", "metrics.json", "relatedness.json", "pmi_related.npy",
+                 "pmi_unrelated.npy"):
+        f = src.parent / name
+        if f.exists() and f.resolve() != (out / name).resolve():
+            _atomic(out / name, lambda fh, f=f: fh.write(f.read_bytes()))
+    return out / CHECKPOINT_NAME

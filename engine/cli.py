@@ -149,11 +149,28 @@ def run_data_mnist_svhn(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a small inference-only copy of a run (fp16 weights, no optimiser)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="directory for the exported checkpoint")
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    p.set_defaults(func=run_export)
+
+
+def run_export(a: argparse.Namespace) -> int:
+    from engine.checkpoints import export_checkpoint
+
+    path = export_checkpoint(a.run_dir, a.out, half=not a.fp32)
+    print(f"exported {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
     add_data_parser(sub)
+    add_export_parser(sub)
     for name in COMMAND_MODULES:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).add_parser(sub)

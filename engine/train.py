@@ -92,6 +92,9 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
             raise ConfigError(f"{out} already holds a checkpoint; pass --resume to continue it "
                               "or choose another --out")
         saved = read_checkpoint(ck_path)
+        if "optimizer" not in saved:
+            raise ConfigError(f"{ck_path} is an exported, inference-only checkpoint (no optimiser state); "
+                              "it cannot be resumed; train into a new --out instead")
         old = config_of(saved, ck_path)
         for key in ("epochs", "max_steps", "device", "k_chunk", "precision"):
             setattr(old.train, key, getattr(cfg.train, key))

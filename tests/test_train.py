@@ -118,3 +118,18 @@ def test_cli_reports_engine_errors_without_traceback(tmp_path, capsys):
                "--no-progress"])
     assert rc == 2
     assert str(tmp_path / "missing") in capsys.readouterr().err
+
+
+def test_export_is_small_loadable_and_not_resumable(tiny_run, tmp_path):
+    from engine.checkpoints import export_checkpoint
+
+    run = tiny_run("cI-MMVAE")
+    path = export_checkpoint(run, tmp_path / "shipped")
+    assert path.stat().st_size < (run / "checkpoint.pt").stat().st_size / 3
+    assert (tmp_path / "shipped" / "config.json").exists() and (tmp_path / "shipped" / "metrics.jsonl").exists()
+    model = engine.load(tmp_path / "shipped", device="cpu")
+    full = engine.load(run, device="cpu")
+    for (k, a), b in zip(model.state_dict().items(), full.state_dict().values()):
+        assert a.dtype == b.dtype and torch.allclose(a, b, atol=1e-2, rtol=1e-2), k
+    with pytest.raises(ConfigError, match="inference-only"):
+        train(tiny_config(), tmp_path / "shipped", resume=True, progress=False)
