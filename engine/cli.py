@@ -23,24 +23,31 @@ def _variant(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
     v = float(text)
     if not 0 < v <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return v
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return v
 
 
-def _gamma(text: str) -> float:
+def gamma_value(text: str) -> float:
     v = float(text)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0 (or 'inf' for the baseline), got {text}")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return v
 
 
@@ -51,8 +58,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="offline: embedded default that needs no download; real: torchvision/CUB files under --data-root")
     p.add_argument("--data-root", default=None, help="root of the real datasets (or of the synthetic CUB)")
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST/SVHN (needs internet)")
-    p.add_argument("--data-fraction", type=_fraction, default=1.0, help="fraction n of each unimodal train set (§4.4)")
-    p.add_argument("--dm", type=_positive_int, default=30, help="same-digit partners per instance (§4.1, default 30)")
+    p.add_argument("--data-fraction", type=fraction, default=1.0, help="fraction n of each unimodal train set (§4.4)")
+    p.add_argument("--dm", type=positive_int, default=30, help="same-digit partners per instance (§4.1, default 30)")
     p.add_argument("--features", default="efficientnet-lite0", choices=("efficientnet-lite0", "resnet101"),
                    help="CUB image features (resnet101 needs its weights on disk)")
 
@@ -74,23 +81,23 @@ def add_train_parser(sub) -> None:
                        description="Train a variant; writes config.json, checkpoint.pt and metrics.jsonl to --out.")
     p.add_argument("--model", type=_variant, default="MMVAE", help=f"variant, case-insensitive: {', '.join(VARIANTS)}")
     add_data_args(p)
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many optimiser steps")
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--K", type=_positive_int, default=30, help="importance samples (default 30)")
-    p.add_argument("--negatives", type=_positive_int, default=5, help="N in-batch negatives per pair (default 5)")
-    p.add_argument("--gamma", type=_gamma, default=2.0, help="gamma of eq. (4) (default 2; inf = baseline)")
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimiser steps")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--K", type=positive_int, default=30, help="importance samples (default 30)")
+    p.add_argument("--negatives", type=positive_int, default=5, help="N in-batch negatives per pair (default 5)")
+    p.add_argument("--gamma", type=gamma_value, default=2.0, help="gamma of eq. (4) (default 2; inf = baseline)")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--latent-dim", type=_positive_int, default=None,
+    p.add_argument("--latent-dim", type=positive_int, default=None,
                    help="latent dimensions (default 20 for MNIST-SVHN, 64 for CUB as Shi et al. 2019)")
     p.add_argument("--learn-prior", action="store_true", help="learnable prior scale (MMVAE)")
     p.add_argument("--alpha", type=float, default=0.01, help="JMVAE-kl weight (default 0.01)")
     p.add_argument("--dreg", action="store_true", help="DReG gradients for the IWAE term (MMVAE)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--max-nonfinite", type=_positive_int, default=10,
+    p.add_argument("--max-nonfinite", type=positive_int, default=10,
                    help="stop after this many non-finite losses in a row")
-    p.add_argument("--k-chunk", type=_positive_int, default=None,
+    p.add_argument("--k-chunk", type=positive_int, default=None,
                    help="evaluate the K samples in chunks of this size: flat peak memory, same result")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast on CUDA")
     p.add_argument("--out", default=None, help="run directory (default runs/<MODEL>-<dataset>-s<seed>)")
@@ -116,7 +123,7 @@ def add_data_parser(sub) -> None:
     c = dsub.add_parser("cub-synthetic", help="write procedural birds and captions in the CUB layout")
     c.add_argument("--out", required=True)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--images", type=_positive_int, default=None, help="number of images (default: the generator's)")
+    c.add_argument("--images", type=positive_int, default=None, help="number of images (default: the generator's)")
     c.add_argument("--features", default=None, choices=("efficientnet-lite0", "resnet101"),
                    help="also extract and cache these image features")
     c.set_defaults(func=run_data_cub)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from engine.cli import nonnegative_int, positive_int
 from engine.checkpoints import atomic_write_text
 from engine.errors import ConfigError, EngineError
 
@@ -178,32 +179,18 @@ def summary(m: dict) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
-def _nonnegative(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="paper metrics for a trained run -> RUN_DIR/metrics.json",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON (default: a summary)")
-    p.add_argument("--samples", type=_positive, default=10000, help="prior samples for joint coherence (10000)")
-    p.add_argument("--ll-samples", type=_nonnegative, default=1000,
+    p.add_argument("--samples", type=positive_int, default=10000, help="prior samples for joint coherence (10000)")
+    p.add_argument("--ll-samples", type=nonnegative_int, default=1000,
                    help="importance samples per likelihood (1000; 0 skips likelihoods)")
-    p.add_argument("--test-pairs", type=_positive, default=10000, help="test pairs for cross/synergy coherence")
-    p.add_argument("--ll-pairs", type=_positive, default=1000, help="test pairs for the likelihoods (1000)")
-    p.add_argument("--latent-max", type=_positive, default=None, help="cap on items for latent accuracy")
-    p.add_argument("--k-chunk", type=_positive, default=50, help="importance samples per chunk (memory bound)")
+    p.add_argument("--test-pairs", type=positive_int, default=10000, help="test pairs for cross/synergy coherence")
+    p.add_argument("--ll-pairs", type=positive_int, default=1000, help="test pairs for the likelihoods (1000)")
+    p.add_argument("--latent-max", type=positive_int, default=None, help="cap on items for latent accuracy")
+    p.add_argument("--k-chunk", type=positive_int, default=50, help="importance samples per chunk (memory bound)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--no-progress", action="store_true")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.cli import positive_int
 from engine.checkpoints import atomic_write_text
 from engine.data.paired import PairedDataset
 from engine.data.pairing import unrelated_pairs
@@ -305,13 +306,6 @@ def _model_name(text: str) -> str:
     return _variant(text)
 
 
-def _opt_positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
 def add_parser(sub) -> None:
     from engine.cli import add_data_args
 
@@ -337,7 +331,7 @@ def add_parser(sub) -> None:
                         ("--batch-size", "training batch size"),
                         ("--fm-pairs", "score a balanced random subset of Fm of this size"),
                         ("--eval-pairs", "test pairs per class for the --retrain AUC")):
-        p.add_argument(flag, type=_opt_positive_int, default=None, help=help_ + " (default: the preset's)")
+        p.add_argument(flag, type=positive_int, default=None, help=help_ + " (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")

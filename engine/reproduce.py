@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from engine.cli import fraction, gamma_value
 from engine.config import DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig
 from engine.errors import ConfigError
 from engine.registry import VARIANTS, parse_variant, variant_name
@@ -343,30 +344,16 @@ def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: s
                         time.time() - t0, ran, skipped, acc)
 
 
-def _fraction(text: str) -> float:
-    v = float(text)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"fractions must be in (0, 1], got {text}")
-    return v
-
-
-def _gamma(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"gamma must be > 0 or inf, got {text}")
-    return v
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="train + evaluate the Table 1 grid and write a report",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", required=True, choices=tuple(PRESETS),
                    help="paper: the paper's settings (GPU); cpu: a cut-down grid for a 2-core CPU (~2 h)")
     p.add_argument("--models", nargs="+", default=None, help=f"variants (default all nine: {', '.join(VARIANTS)})")
-    p.add_argument("--fractions", nargs="+", type=_fraction, default=None, help="data fractions (default 1.0 0.2)")
+    p.add_argument("--fractions", nargs="+", type=fraction, default=None, help="data fractions (default 1.0 0.2)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the preset's)")
     p.add_argument("--ablation", action="store_true", help=f"also run the gamma ablation of {ABLATION_VARIANT}")
-    p.add_argument("--gammas", nargs="+", type=_gamma, default=None,
+    p.add_argument("--gammas", nargs="+", type=gamma_value, default=None,
                    help="ablation gammas (default 1 1.1 2 5 10 inf); implies --ablation")
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's optimiser steps per run")
     p.add_argument("--source", default="offline", choices=("offline", "real"))
