@@ -143,8 +143,9 @@ def score_matrix(model, xs: torch.Tensor, ys: torch.Tensor, K: int = 30, seed: i
                  block: int = 64, progress: bool | None = None) -> np.ndarray:
     """All-pairs PMI, (len(xs), len(ys)): entry (i, j) = I(xs[i], ys[j]).
 
-    Marginals are computed once per item. Items are taken in blocks of ``block`` x and ``block``
-    y items: one forward pass per block pair (encodes and, for MMVAE, decodes), then
+    Marginals are computed once per item. MMVAE scores blocks of x rows against all y items with
+    ``MMVAE.pairwise_log_weights`` (each item decoded once, all-pairs likelihood kernels); other
+    models take ``block`` x and ``block`` y items at a time: one forward pass per block pair, then
     ``log_weights`` over every (i, j) of the block in chunks sized by ELEMENT_BUDGET. x item i
     and y item j carry the noise score_pairs gives pair i and pair j, so the diagonal of the
     result equals score_pairs(xs, ys) on equal-length inputs.
@@ -152,6 +153,41 @@ def score_matrix(model, xs: torch.Tensor, ys: torch.Tensor, K: int = 30, seed: i
     _check_pairs(xs, ys, same_length=False)
     if K < 1 or block < 1:
         raise ConfigError(f"K and block must be >= 1, got K={K}, block={block}")
+    if _stratified(model):
+        return _score_matrix_mixture(model, xs, ys, K, seed, progress)
+    return _score_matrix_blocks(model, xs, ys, K, seed, block, progress)
+
+
+def _marginal_rows(model, items: torch.Tensor, m: int, K: int, noise: ItemNoise, stream: str,
+                   block: int) -> torch.Tensor:
+    """IWAE_K log p(x_m) of every item, ``block`` items at a time, with the item noise of ``stream``."""
+    n, dev = len(items), model.device
+    return torch.cat([_marginals(model, items[a:a + block].to(dev), m, K, noise.take(stream, a, min(a + block, n)))
+                      for a in range(0, n, block)])
+
+
+def _score_matrix_mixture(model, xs, ys, K, seed, progress) -> np.ndarray:
+    """MMVAE: blocks of x rows against all y items through ``model.pairwise_log_weights`` (every
+    item is encoded and decoded once per block; the all-pairs likelihoods are cdist-style kernels)."""
+    dev = model.device
+    nx, ny = len(xs), len(ys)
+    noise = ItemNoise(model.family, K, model.latent_dim, seed, dev)
+    rows = max(1, 4 * ELEMENT_BUDGET // (2 * K * ny))
+    out = np.empty((nx, ny), np.float64)
+    show = nx * ny >= PROGRESS_MIN if progress is None else progress
+    with torch.inference_mode():
+        px = _marginal_rows(model, xs, 0, K, noise, "ux", 256)
+        py = _marginal_rows(model, ys, 1, K, noise, "uy", 256)
+        y, ey = ys.to(dev), noise.take("y", 0, ny)
+        for a in tqdm(range(0, nx, rows), disable=not show, desc="PMI matrix", unit="block"):
+            b = min(a + rows, nx)
+            lw = model.pairwise_log_weights([xs[a:b].to(dev), y], [noise.take("x", a, b), ey])
+            out[a:b] = (O.iwae(lw) - px[a:b, None] - py[None, :]).double().cpu().numpy()
+    return out
+
+
+def _score_matrix_blocks(model, xs, ys, K, seed, block, progress) -> np.ndarray:
+    """Any model: block pairs of items, one forward pass each, ``log_weights`` over every pair."""
     dev = model.device
     nx, ny = len(xs), len(ys)
     noise = ItemNoise(model.family, K, model.latent_dim, seed, dev)
@@ -163,10 +199,8 @@ def score_matrix(model, xs: torch.Tensor, ys: torch.Tensor, K: int = 30, seed: i
     blocks = [(a, min(a + block, nx), c, min(c + block, ny)) for a in range(0, nx, block) for c in range(0, ny, block)]
     show = nx * ny >= PROGRESS_MIN if progress is None else progress
     with torch.inference_mode():
-        px = torch.cat([_marginals(model, xs[a:a + block].to(dev), 0, K, noise.take("ux", a, min(a + block, nx)))
-                        for a in range(0, nx, block)])
-        py = torch.cat([_marginals(model, ys[c:c + block].to(dev), 1, K, noise.take("uy", c, min(c + block, ny)))
-                        for c in range(0, ny, block)])
+        px = _marginal_rows(model, xs, 0, K, noise, "ux", block)
+        py = _marginal_rows(model, ys, 1, K, noise, "uy", block)
         for a, b, c, d in tqdm(blocks, disable=not show, desc="PMI matrix", unit="block"):
             B = max(b - a, d - c)   # both modalities need the same batch size: pad the shorter by repeats
             ix = torch.arange(B).clamp(max=b - a - 1)

@@ -37,3 +37,49 @@ def test_dreg_keeps_decoder_gradients_of_iwae():
     for k in (k for k in grads["iwae"] if "decoder" in k):
         assert torch.allclose(grads["iwae"][k], grads["dreg"][k], atol=1e-8, rtol=1e-6), k
     assert any(not torch.allclose(grads["iwae"][k], grads["dreg"][k]) for k in grads["iwae"] if "encoder" in k)
+
+
+def _cub_items(n_img, n_cap, V=30, F=12):
+    g = torch.Generator().manual_seed(1)
+    caps = torch.randint(2, V, (n_cap, 32), generator=g)
+    for i in range(n_cap):                       # <eos> at varying positions, padding after
+        caps[i, 5 + 3 * i] = 1
+        caps[i, 6 + 3 * i:] = 0
+    return torch.randn(n_img, F, generator=g), caps
+
+
+@pytest.mark.parametrize("dataset", ["mnist-svhn", "cub-synthetic"])
+def test_pairwise_log_weights_equal_a_loop_over_pairs(dataset):
+    """The all-pairs kernel equals forward + log_weights run on each pair (i, j) alone."""
+    from engine.models import build_model
+
+    torch.manual_seed(0)
+    if dataset == "mnist-svhn":
+        model = build_model(dataset, "mmvae", latent_dim=4).eval()
+        xs = [torch.rand(4, 1, 28, 28), torch.rand(3, 3, 32, 32)]
+    else:
+        model = build_model(dataset, "mmvae", latent_dim=5, vocab_size=30, feature_dim=12).eval()
+        xs = list(_cub_items(4, 3))
+    K = 3
+    noise = [model.noise((K, len(x), 4 if dataset == "mnist-svhn" else 5)) for x in xs]
+    fast = model.pairwise_log_weights(xs, noise, budget=50)          # tiny budget: many chunks
+    assert fast.shape == (2 * K, 4, 3)
+    with torch.no_grad():
+        for i in range(4):
+            for j in range(3):
+                enc = model([xs[0][i:i + 1], xs[1][j:j + 1]], K, noise=[noise[0][:, i:i + 1], noise[1][:, j:j + 1]])
+                ref = model.log_weights(enc)[:, 0]
+                torch.testing.assert_close(fast[:, i, j], ref, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("dataset", ["mnist-svhn", "cub-synthetic"])
+def test_pairwise_log_likelihood_equals_broadcast_log_likelihood(dataset):
+    from engine.models.modalities import build_modalities
+
+    torch.manual_seed(0)
+    mods = build_modalities(dataset, 4, vocab_size=30, feature_dim=12)
+    data = [torch.rand(3, 1, 28, 28), torch.rand(3, 3, 32, 32)] if dataset == "mnist-svhn" else list(_cub_items(3, 3))
+    for mod, x in zip(mods, data):
+        params = mod.decode(torch.randn(5, 4))
+        ref = mod.log_likelihood(params.unsqueeze(1), x.unsqueeze(0))            # (5, 3) by broadcasting
+        torch.testing.assert_close(mod.pairwise_log_likelihood(params, x), ref, rtol=1e-5, atol=1e-3)

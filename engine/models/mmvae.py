@@ -100,6 +100,42 @@ class MMVAE(MultimodalVAE):
             lws.append(item_major.gather(-1, Jb[s].expand(enc.K, nb, B)).reshape(enc.K, nb * B))
         return torch.cat(lws, 0)
 
+    @torch.no_grad()
+    def pairwise_log_weights(self, xs: list[torch.Tensor], noise: list[torch.Tensor], scaled: bool = True,
+                             budget: int = 1 << 24) -> torch.Tensor:
+        """(2K, n0, n1) stratified log weights of every pair (xs[0][i], xs[1][j]) of two modalities.
+
+        Equals ``log_weights`` over all pairs of a forward pass with item noise ``noise`` (K, n_m, L),
+        without materialising any pair's decode: stratum s draws z from q(z | x_s), decodes it once
+        per item, and scores the other modality's items all at once
+        (``Modality.pairwise_log_likelihood``), in chunks of latents sized so that no temporary
+        holds more than ``budget`` floats.
+        """
+        if len(xs) != 2:
+            raise ValueError("pairwise_log_weights scores pairs of two modalities")
+        K = noise[0].shape[0]
+        posts = [self.encode(m, x) for m, x in enumerate(xs)]
+        out = []
+        for s, o in ((0, 1), (1, 0)):
+            loc, sc = posts[s]
+            z = D.rsample(self.family, loc, sc, noise[s])                        # (K, n_s, L)
+            own = (self.log_prior(z) + self.loglik(s, self.mods[s].decode(z), xs[s], scaled)).flatten()
+            lq_own = D.log_prob(self.family, loc, sc, z).sum(-1).flatten()
+            zf = z.reshape(-1, z.shape[-1])
+            lo, so = posts[o]
+            rows = max(1, budget // (len(xs[o]) * (z.shape[-1] + 1)))
+            pieces = []
+            for a in range(0, len(zf), rows):
+                zc = zf[a:a + rows]
+                ll = self.mods[o].pairwise_log_likelihood(self.mods[o].decode(zc), xs[o])
+                ll = ll * self.llik_scaling[o] if scaled else ll
+                lq_other = D.log_prob(self.family, lo, so, zc.unsqueeze(1)).sum(-1)   # (rows, n_o)
+                lq = torch.stack(torch.broadcast_tensors(lq_own[a:a + rows, None], lq_other))
+                pieces.append(own[a:a + rows, None] + ll - D.mixture_log_prob(lq))
+            lw = torch.cat(pieces).view(K, len(xs[s]), len(xs[o]))
+            out.append(lw if s == 0 else lw.transpose(1, 2))
+        return torch.cat(out, 0)
+
     pair_noise = False
 
     def noise_streams(self) -> int:

@@ -46,6 +46,14 @@ class Modality(nn.Module):
         """The likelihood's mean in data space (for display and generation)."""
         return params
 
+    def pairwise_log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(A, N) matrix of log p(x_j | params_a) for every decode a and every item j.
+
+        The default broadcasts :meth:`log_likelihood` one decode at a time; subclasses replace it
+        with an all-pairs kernel (all-pairs PMI and retrieval score millions of such entries).
+        """
+        return torch.stack([self.log_likelihood(p.unsqueeze(0), x) for p in params])
+
 
 class LaplaceModality(Modality):
     """Continuous data with a fixed-scale Laplace likelihood (scale 0.75 as Shi et al. 2019)."""
@@ -54,6 +62,11 @@ class LaplaceModality(Modality):
 
     def log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         diff = l1_distance(params, x, len(self.event_shape))
+        return -diff / self.scale - self.n_dims * math.log(2.0 * self.scale)
+
+    def pairwise_log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """All-pairs L1 distances in one ``torch.cdist(p=1)`` call (no (A, N, D) temporary)."""
+        diff = torch.cdist(params.flatten(1).unsqueeze(0), x.flatten(1).to(params.dtype).unsqueeze(0), p=1)[0]
         return -diff / self.scale - self.n_dims * math.log(2.0 * self.scale)
 
 
@@ -184,6 +197,16 @@ class CUBSentence(Modality):
         lead = torch.broadcast_shapes(params.shape[:-1], x.shape)
         tok = logp.expand(*lead, logp.shape[-1]).gather(-1, x.expand(lead).unsqueeze(-1)).squeeze(-1)
         return (tok * self.token_mask(x).expand(lead)).sum(-1)
+
+    def pairwise_log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(A, N) caption log-likelihoods: per position, every decode's log-probabilities gathered
+        at every caption's token, masked and summed (no (A, N, T, V) temporary)."""
+        logp = F.log_softmax(params, -1)                       # (A, T, V)
+        mask = self.token_mask(x)                               # (N, T)
+        out = logp.new_zeros(logp.shape[0], x.shape[0])
+        for t in range(x.shape[1]):
+            out += logp[:, t, :].index_select(1, x[:, t]) * mask[:, t]
+        return out
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """Greedy tokens (argmax per position)."""
