@@ -33,11 +33,17 @@ def load_mnist(split: str, source: str = "offline", root: str | None = None,
 
     Results are memoised per argument tuple; treat the returned tensors as read-only.
     """
+    return load_from_source(split, source, root, download, _offline, _real)
+
+
+def load_from_source(split: str, source: str, root, download: bool, offline, real):
+    """Check the split and dispatch to a modality's memoised ``offline(split)`` or
+    ``real(split, root, download)`` loader (the shared front of load_mnist and load_svhn)."""
     check_split(split)
     if source == "offline":
-        return _offline(split)
+        return offline(split)
     if source == "real":
-        return _real(split, None if root is None else str(root), bool(download))
+        return real(split, None if root is None else str(root), bool(download))
     raise ConfigError(f"source must be 'offline' or 'real', got {source!r}")
 
 

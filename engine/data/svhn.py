@@ -6,9 +6,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from engine.data.mnist import _failure, _real_root, check_split
+from engine.data.mnist import _failure, _real_root, load_from_source
 from engine.data.synth_svhn import load_svhn_synthetic
-from engine.errors import ConfigError, DataError
+from engine.errors import DataError
 
 
 def load_svhn(split: str, source: str = "offline", root: str | None = None,
@@ -17,12 +17,7 @@ def load_svhn(split: str, source: str = "offline", root: str | None = None,
 
     Results are memoised per argument tuple; treat the returned tensors as read-only.
     """
-    check_split(split)
-    if source == "offline":
-        return _offline(split)
-    if source == "real":
-        return _real(split, None if root is None else str(root), bool(download))
-    raise ConfigError(f"source must be 'offline' or 'real', got {source!r}")
+    return load_from_source(split, source, root, download, _offline, _real)
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -118,21 +118,24 @@ class MMVAE(MultimodalVAE):
         out = []
         for s, o in ((0, 1), (1, 0)):
             loc, sc = posts[s]
+            n_s, n_o = len(xs[s]), len(xs[o])
             z = D.rsample(self.family, loc, sc, noise[s])                        # (K, n_s, L)
-            own = (self.log_prior(z) + self.loglik(s, self.mods[s].decode(z), xs[s], scaled)).flatten()
             lq_own = D.log_prob(self.family, loc, sc, z).sum(-1).flatten()
-            zf = z.reshape(-1, z.shape[-1])
+            zf = z.reshape(-1, z.shape[-1])                                      # row k*n_s + i
+            decode_size = max(self.mods[m].decode(zf[:1]).numel() for m in (s, o))
+            rows = max(1, budget // max(n_o * (z.shape[-1] + 1), decode_size))
             lo, so = posts[o]
-            rows = max(1, budget // (len(xs[o]) * (z.shape[-1] + 1)))
             pieces = []
             for a in range(0, len(zf), rows):
                 zc = zf[a:a + rows]
+                items = torch.arange(a, a + len(zc), device=zc.device) % n_s
+                own = self.log_prior(zc) + self.loglik(s, self.mods[s].decode(zc), xs[s][items], scaled)
                 ll = self.mods[o].pairwise_log_likelihood(self.mods[o].decode(zc), xs[o])
                 ll = ll * self.llik_scaling[o] if scaled else ll
                 lq_other = D.log_prob(self.family, lo, so, zc.unsqueeze(1)).sum(-1)   # (rows, n_o)
                 lq = torch.stack(torch.broadcast_tensors(lq_own[a:a + rows, None], lq_other))
-                pieces.append(own[a:a + rows, None] + ll - D.mixture_log_prob(lq))
-            lw = torch.cat(pieces).view(K, len(xs[s]), len(xs[o]))
+                pieces.append(own[:, None] + ll - D.mixture_log_prob(lq))
+            lw = torch.cat(pieces).view(K, n_s, n_o)
             out.append(lw if s == 0 else lw.transpose(1, 2))
         return torch.cat(out, 0)
 
