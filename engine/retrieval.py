@@ -4,8 +4,8 @@ Two rankings are offered:
 
 - ``by="pmi"``: the pointwise mutual information I(x, y) = log p(x, y) - log p(x) - log p(y) of the
   query with each candidate (``engine.relatedness.score_matrix``, IWAE_K estimates), the model's own
-  measure of relatedness. Each candidate costs about 2K sentence-decoder passes (the CNN decoder runs
-  at 32x128 resolution), so PMI re-ranks the ``pool`` candidates nearest by features (all of the
+  measure of relatedness. Each candidate image costs about K sentence-decoder passes (the CNN decoder
+  runs at 32x128 resolution), so PMI re-ranks the ``pool`` candidates nearest by features (all of the
   split when pool is None: minutes on a CPU for thousands of captions).
 - ``by="features"``: distances in image-feature space, answered from a cached index. A caption is
   mapped to image features by decoding its posterior mean, z = E[q(z | caption)]; images are ranked
