@@ -188,17 +188,13 @@ def thin(curve: np.ndarray, max_points: int) -> np.ndarray:
 
 
 def roc_pr_curves(scores: np.ndarray, labels: np.ndarray, max_points: int = 1500) -> dict[str, np.ndarray]:
-    """ROC (fpr, tpr) and precision-recall curves over every threshold (thinned for plotting), with areas."""
-    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+    """engine.thresholds.roc_pr_curves, thinned for plotting (areas from the full curves)."""
+    from engine.thresholds import roc_pr_curves as curves
 
     if np.unique(labels).size < 2:
         raise ValueError("ROC and PR curves need both related and unrelated pairs")
-    fpr, tpr, _ = roc_curve(labels, scores)
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    fpr, tpr = thin(fpr, max_points), thin(tpr, max_points)
-    precision, recall = thin(precision, max_points), thin(recall, max_points)
-    return {"fpr": fpr, "tpr": tpr, "precision": precision, "recall": recall,
-            "roc_auc": float(auc(fpr, tpr)), "average_precision": float(average_precision_score(labels, scores))}
+    c = curves(scores, labels)
+    return {**c, **{k: thin(c[k], max_points) for k in ("fpr", "tpr", "precision", "recall")}}
 
 
 def operating_point(report: dict) -> dict[str, float]:

@@ -84,7 +84,7 @@ def compute_relatedness(path: str, mtime: float, n_pairs: int, K: int, seed: int
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def fit_threshold(scores: np.ndarray, labels: np.ndarray, criterion: str = "f1") -> tuple[float, dict]:
-    from engine.relatedness import fit_threshold as fit
+    from engine.thresholds import fit_threshold as fit
 
     t, info = fit(scores, labels, criterion=criterion)
     return float(t), dict(info or {})

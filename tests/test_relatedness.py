@@ -220,3 +220,24 @@ def test_relatedness_cli_writes_files(tiny_run, capsys):
     assert 0 <= saved["auc"] <= 1 and 0 <= saved["f1"] <= 1
     assert np.load(run / "pmi_related.npy").shape == (8,)
     assert np.load(run / "pmi_unrelated.npy").shape == (8,)
+
+
+def test_roc_pr_curves_match_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    from engine.thresholds import roc_pr_curves
+
+    rng = np.random.default_rng(3)
+    s = np.round(np.r_[rng.normal(1, 1, 300), rng.normal(0, 1, 200)], 1)      # rounded: many ties
+    y = np.r_[np.ones(300), np.zeros(200)]
+    c = roc_pr_curves(s, y)
+    assert c["roc_auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert c["average_precision"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(c["fpr"], fpr)
+    np.testing.assert_allclose(c["tpr"], tpr)
+    precision, recall, _ = precision_recall_curve(y, s)
+    np.testing.assert_allclose(c["precision"], precision[::-1])
+    np.testing.assert_allclose(c["recall"], recall[::-1])
+    with pytest.raises(DataError, match="both related and unrelated"):
+        roc_pr_curves(s[:5], np.ones(5))

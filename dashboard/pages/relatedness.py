@@ -32,7 +32,7 @@ runs = ui.pick_runs("rel", multi=True, dataset=dataset, max_selections=2, label=
 if not runs:
     st.stop()
 st.query_params["runs"] = ",".join(r.name for r in runs)
-rel_mod = state.engine_feature("relatedness", "classification_report", "fit_threshold")
+rel_mod = state.engine_feature("thresholds", "classification_report", "fit_threshold")
 
 
 def pick_arrays(result: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ def default_threshold() -> float:
             return float(st.session_state[f"thr_{slot}"])
     try:
         saved = state.read_pmi(str(run.path), run.mtime)
-        if saved is not None and state.engine_feature("relatedness", "fit_threshold") is not None:
+        if saved is not None and state.engine_feature("thresholds", "fit_threshold") is not None:
             return state.fit_threshold(*logic.scores_labels(*saved), "f1")[0]
     except ui.engine_errors():
         pass
