@@ -74,7 +74,7 @@ def test_pairwise_log_weights_equal_a_loop_over_pairs(dataset):
 
 @pytest.mark.parametrize("dataset", ["mnist-svhn", "cub-synthetic"])
 def test_pairwise_log_likelihood_equals_broadcast_log_likelihood(dataset):
-    from engine.models.modalities import build_modalities
+    from engine.models.modalities import Modality, build_modalities
 
     torch.manual_seed(0)
     mods = build_modalities(dataset, 4, vocab_size=30, feature_dim=12)
@@ -83,3 +83,4 @@ def test_pairwise_log_likelihood_equals_broadcast_log_likelihood(dataset):
         params = mod.decode(torch.randn(5, 4))
         ref = mod.log_likelihood(params.unsqueeze(1), x.unsqueeze(0))            # (5, 3) by broadcasting
         torch.testing.assert_close(mod.pairwise_log_likelihood(params, x), ref, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(Modality.pairwise_log_likelihood(mod, params, x), ref)   # the generic default

@@ -49,10 +49,11 @@ class Modality(nn.Module):
     def pairwise_log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(A, N) matrix of log p(x_j | params_a) for every decode a and every item j.
 
-        The default broadcasts :meth:`log_likelihood` one decode at a time; subclasses replace it
-        with an all-pairs kernel (all-pairs PMI and retrieval score millions of such entries).
+        The default broadcasts :meth:`log_likelihood` over an (A, N, ...) grid; subclasses replace
+        it with a kernel that needs no such temporary (all-pairs PMI and retrieval score millions
+        of entries).
         """
-        return torch.stack([self.log_likelihood(p.unsqueeze(0), x) for p in params])
+        return self.log_likelihood(params.unsqueeze(1), x.unsqueeze(0))
 
 
 class LaplaceModality(Modality):
