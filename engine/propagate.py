@@ -197,9 +197,8 @@ def propagate(settings: PropagateSettings, data_cfg, out: str | Path, data=None,
               progress: bool = True) -> dict:
     """Run Figure 7's pipeline once into ``out``; returns sizes, the threshold and its fit on Sm,
     P/R/F1 (and AUC) on Fm, and with ``settings.retrain`` the metrics of g before and after."""
-    from sklearn.metrics import roc_auc_score
-
     from engine.registry import build_data
+    from engine.thresholds import roc_pr_curves
 
     s, t0, out = settings, time.time(), Path(out)
     is_siamese = s.model.lower() == "siamese"
@@ -218,7 +217,7 @@ def propagate(settings: PropagateSettings, data_cfg, out: str | Path, data=None,
            "score": "minus embedding distance" if is_siamese else f"PMI (IWAE, K={s.K}, scaled likelihoods)",
            "threshold": threshold, "fit_on_Sm": fit,
            **{k: report[k] for k in ("precision", "recall", "f1", "accuracy", "tp", "fp", "tn", "fn")},
-           "auc_Fm": float(roc_auc_score(fm_related, fm_scores))}
+           "auc_Fm": roc_pr_curves(fm_scores, fm_related)["roc_auc"]}
     if s.retrain:
         from engine.train import train
 

@@ -26,7 +26,7 @@ from engine import objectives as O
 from engine.errors import ConfigError, DataError
 from engine.models import MMVAE
 from engine.models import distributions as D
-from engine.thresholds import classification_report, fit_threshold, split_fit_report  # noqa: F401 (re-exported)
+from engine.thresholds import classification_report, fit_threshold, roc_pr_curves, split_fit_report  # noqa: F401
 
 STREAMS = {"x": 0, "y": 1, "ux": 2, "uy": 3}   # joint noise of x / y items, marginal noise of x / y
 NOISE_CHUNK = 256            # items per independently seeded noise chunk
@@ -225,11 +225,9 @@ def evaluate_relatedness(model, data, n_pairs: int = 1000, K: int = 30, seed: in
     """PMI of ``n_pairs`` random related test pairs and as many random unrelated ones.
 
     Unrelated pairs come from the unimodal test sets with differing labels
-    (engine.data.pairing.unrelated_pairs). Returns auc, average_precision (sklearn; related = 1)
+    (engine.data.pairing.unrelated_pairs). Returns auc, average_precision (related = 1)
     and the two PMI arrays (pmi_related, pmi_unrelated) for histograms.
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     from engine.data.pairing import unrelated_pairs
 
     if n_pairs < 1:
@@ -244,8 +242,8 @@ def evaluate_relatedness(model, data, n_pairs: int = 1000, K: int = 30, seed: in
     unrelated = score_pairs(model, xa[torch.from_numpy(ia)], xb[torch.from_numpy(ib)], K, batch_size, seed, progress)
     scores = np.concatenate([related, unrelated])
     labels = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
-    return {"auc": float(roc_auc_score(labels, scores)),
-            "average_precision": float(average_precision_score(labels, scores)),
+    curves = roc_pr_curves(scores, labels)
+    return {"auc": curves["roc_auc"], "average_precision": curves["average_precision"],
             "n_pairs": n, "K": K, "seed": seed, "pmi_related": related, "pmi_unrelated": unrelated}
 
 

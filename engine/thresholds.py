@@ -34,10 +34,10 @@ def _metrics(tp, fp, tn, fn) -> dict:
 
 
 def _cuts(scores, labels, what: str):
-    """Scores sorted high to low and the (tp, fp) counts of every cut between distinct scores.
+    """The distinct scores high to low and the (tp, fp) counts of the cut at each of them.
 
-    Returns (sorted scores, tp, fp, P, N): cut c keeps the scores down to the end of the c-th run
-    of equal scores, so tp[c] / fp[c] count the related / unrelated items at or above it.
+    Returns (distinct scores u, tp, fp, P, N): cut c keeps every score >= u[c], so tp[c] / fp[c]
+    count the related / unrelated items at or above it.
     """
     s, y = _as_arrays(scores, labels)
     if y.all() or not y.any():
@@ -46,7 +46,7 @@ def _cuts(scores, labels, what: str):
     s, y = s[order], y[order]
     last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])          # end of each run of equal scores
     tp = np.cumsum(y)[last]
-    return s, tp, (last + 1) - tp, int(y.sum()), int((~y).sum())
+    return s[last], tp, (last + 1) - tp, int(y.sum()), int((~y).sum())
 
 
 def roc_pr_curves(scores, labels) -> dict:
@@ -69,12 +69,11 @@ def fit_threshold(scores, labels, criterion: str = "f1") -> tuple[float, dict]:
     """
     if criterion not in ("f1", "youden"):
         raise ConfigError(f"criterion must be 'f1' or 'youden', got {criterion!r}")
-    s, tp, fp, P, N = _cuts(scores, labels, "fitting a threshold")
-    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
+    u, tp, fp, P, N = _cuts(scores, labels, "fitting a threshold")
     m = _metrics(tp, fp, N - fp, P - tp)
     objective = m["f1"] if criterion == "f1" else tp / P - fp / N
     k = int(np.argmax(objective))
-    t = float(s[last[k]] if k + 1 == len(last) else 0.5 * (s[last[k]] + s[last[k] + 1]))
+    t = float(u[k] if k + 1 == len(u) else 0.5 * (u[k] + u[k + 1]))
     return t, {name: float(v[k]) for name, v in m.items()}
 
 

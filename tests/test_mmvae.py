@@ -61,7 +61,7 @@ def test_pairwise_log_weights_equal_a_loop_over_pairs(dataset):
         model = build_model(dataset, "mmvae", latent_dim=5, vocab_size=30, feature_dim=12).eval()
         xs = list(_cub_items(4, 3))
     K = 3
-    noise = [model.noise((K, len(x), 4 if dataset == "mnist-svhn" else 5)) for x in xs]
+    noise = [model.noise((K, len(x), model.latent_dim)) for x in xs]
     fast = model.pairwise_log_weights(xs, noise, budget=50)          # tiny budget: many chunks
     assert fast.shape == (2 * K, 4, 3)
     with torch.no_grad():
