@@ -171,12 +171,49 @@ def test_reproduce_resumes_half_trained_run(tmp_path, classifiers):
     assert read_metrics(run)[-1]["step"] == 4 and (run / "metrics.json").is_file()
 
 
+def test_reproduce_workers_run_cells_in_parallel_and_report_failures(tmp_path, classifiers, monkeypatch):
+    from engine import reproduce as R
+    from engine.errors import ConfigError
+
+    preset = R.Preset("tiny", "tests only", models=("MMVAE", "MVAE"), fractions=(0.1,), seeds=(0,), K=2, N=2, dm=2,
+                      epochs=1, max_steps=2, batch_size=16,
+                      eval={"samples": 16, "ll_samples": 0, "test_pairs": 10, "ll_pairs": 1, "latent_max": 100})
+    files = R.reproduce(preset, tmp_path, device="cpu", progress=False, classifiers=classifiers, workers=2)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["MMVAE-f0.1-s0", "MVAE-f0.1-s0"]
+    report = files["report.md"].read_text()
+    assert "2 cells run, 0 already done" in report
+    assert "| 10% | MMVAE | 1 |" in report and "| 10% | MVAE | 1 |" in report
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        R.reproduce(preset, tmp_path, progress=False, classifiers=classifiers, workers=0)
+
+    # One cell that cannot train (a config the engine refuses) fails alone: the other is saved, and
+    # the error names the failed cell.
+    bad = R.Preset("tiny", "tests only", models=("MMVAE", "JMVAE"), fractions=(0.1,), seeds=(1,), K=2, N=2, dm=2,
+                   epochs=1, max_steps=2, batch_size=16, eval=preset.eval)
+    (tmp_path / "runs" / "JMVAE-f0.1-s1").mkdir(parents=True)
+    (tmp_path / "runs" / "JMVAE-f0.1-s1" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match=r"1 of 2 cells failed.*JMVAE-f0\.1-s1"):
+        R.reproduce(bad, tmp_path, device="cpu", progress=False, classifiers=classifiers, workers=2)
+    assert (tmp_path / "runs" / "MMVAE-f0.1-s1" / "metrics.json").is_file()
+
+
 def test_presets_state_their_cuts():
     from engine.reproduce import PRESETS, grid
 
     cpu, paper = PRESETS["cpu"](), PRESETS["paper"]()
     main, abl = grid(cpu, ablation=True)
-    assert len(main) == 9 * 2 * 2 and len(abl) == 6 * 2
+    assert len(main) == 9 * 2 * 1 and len(abl) == 6 * 1
     assert paper.K == 30 and paper.N == 5 and paper.gamma == 2 and paper.batch_size == 128
-    for word in ("K = 30 -> 4", "N = 5 -> 2", "150 optimiser steps"):
+    assert cpu.learn_prior and not paper.learn_prior
+    assert cpu.run_config("MVAE", 1.0, 0, cpu.gamma).model.learn_prior
+    for word in ("K = 30 -> 2", "N = 5 -> 2", "3000 optimiser steps", "seeds 5 -> 1", "learnt prior"):
         assert word in " ".join(cpu.notes.split())
+
+
+def test_cost_rank_puts_extra_negative_passes_first():
+    from engine.reproduce import PRESETS, Cell, cost_rank
+
+    cpu = PRESETS["cpu"]()
+    rank = {v: cost_rank(Cell(v, 1.0, 0, 2.0), cpu) for v in ("MMVAE", "cI-MMVAE", "MVAE", "cC-MVAE", "cI-JMVAE")}
+    assert rank == {"MMVAE": 1, "cI-MMVAE": 1, "MVAE": 1, "cC-MVAE": 3, "cI-JMVAE": 3}
+    assert cost_rank(Cell("cI-MVAE", 1.0, 0, math.inf), cpu) == 1      # gamma = inf is the baseline objective
