@@ -4,7 +4,8 @@
 [--ablation] [--gammas ...] [--workers W] [--out reports/NAME]`` trains (engine.train.train) and evaluates
 (engine.evaluate.evaluate) every cell of the grid, then writes into OUT:
 
-- ``report.md``: header (git commit, machine, wall time, preset and what it cuts), Table 1, ablation table;
+- ``report.md``: header (git commit, machine, wall time, preset and what it cuts), Table 1, the paper's
+  findings checked on it, ablation table; ``invocations.jsonl`` records each sitting's wall time;
 - ``table1.csv``: mean and std over seeds per fraction x variant and metric (percent);
 - ``figure6.html``: metrics against data fraction (plotly; ``figure6.png`` too if kaleido is installed);
 - ``ablation.csv`` and ``figure11.html`` (with ``--ablation``): cI-MMVAE metrics against gamma.
@@ -273,6 +274,98 @@ def _cell_seconds(results: list[tuple[Cell, dict]]) -> float:
     return sum(m.get("seconds", 0.0) + m.get("train", {}).get("seconds", 0.0) for m in seen.values())
 
 
+INVOCATIONS = "invocations.jsonl"
+CHANCE = 10.0          # % coherence / latent accuracy of a guess among ten digits
+CROSS = ("Cross S→M", "Cross M→S")
+
+
+def log_invocation(out: Path, wall: float, ran: int, skipped: int, workers: int) -> None:
+    """Append this invocation (commit, wall time, cells run) to OUT/invocations.jsonl, so a grid run
+    over several sittings reports its whole wall time."""
+    rec = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(), "wall_seconds": round(wall, 1),
+           "cells_run": ran, "cells_skipped": skipped, "workers": workers}
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / INVOCATIONS, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def read_invocations(out: Path) -> list[dict]:
+    path = out / INVOCATIONS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _verdict(base: tuple[float, float], others: dict[str, tuple[float, float]], n: int | None,
+             match: bool = False) -> str:
+    """Do the contrastive variants beat (``match``: match or beat) the baseline on one metric (percent)?
+    Better or worse only beyond two standard errors of the difference of two proportions measured on
+    ``n`` items (no noise rule when n is None)."""
+    def sign(a: float, b: float) -> int:
+        se = 0.0 if n is None else 100 * math.sqrt((a / 100 * (1 - a / 100) + b / 100 * (1 - b / 100)) / n)
+        return 0 if abs(a - b) <= 2 * se else (1 if a > b else -1)
+
+    if all(abs(v[0] - CHANCE) <= 2.0 for v in [base, *others.values()]):
+        return "not informative: all at chance"
+    signs = {name: sign(v[0], base[0]) for name, v in others.items()}
+    ok = [k for k, v in signs.items() if v > 0 or (match and v == 0)]
+    if len(ok) == len(signs):
+        return "holds"
+    if ok:
+        return f"holds for {', '.join(ok)} only"
+    return "does not hold (" + ("worse" if any(v < 0 for v in signs.values()) else "within noise") + ")"
+
+
+def findings(rows: list[dict], n: int | None) -> list[str]:
+    """The paper's Table 1 claims checked on this table, as Markdown: (1) the contrastive variants beat
+    their baseline on cross coherence at each data fraction; (2) contrastive variants on the smallest
+    fraction match or beat the baseline on all the data (better, or within noise, counts as a match)."""
+    by = {r["key"]: r for r in rows}
+    fractions = sorted({k[0] for k in by}, reverse=True)
+    fams = [f for f in ("MMVAE", "MVAE", "JMVAE") if any((fr, f) in by for fr in fractions)]
+    fmt = lambda v: "—" if v is None else f"{v[0]:.1f}"   # noqa: E731
+    lines = ["| claim | model | metric | baseline | cI- | cC- | verdict |", "|---|---|---|---:|---:|---:|---|"]
+    for fam in fams:
+        for fr in fractions:
+            base = by.get((fr, fam))
+            for head in CROSS:
+                if base is None or base[head] is None:
+                    continue
+                others = {p + fam: by[(fr, p + fam)][head] for p in ("cI-", "cC-")
+                          if (fr, p + fam) in by and by[(fr, p + fam)][head] is not None}
+                if others:
+                    lines.append(f"| contrastive > baseline, {100 * fr:g}% data | {fam} | {head} | {fmt(base[head])} | "
+                                 f"{fmt(others.get('cI-' + fam))} | {fmt(others.get('cC-' + fam))} | "
+                                 f"{_verdict(base[head], others, n)} |")
+    if len(fractions) > 1:
+        hi, lo = fractions[0], fractions[-1]
+        for fam in fams:
+            base = by.get((hi, fam))
+            for head in CROSS:
+                if base is None or base[head] is None:
+                    continue
+                others = {p + fam: by[(lo, p + fam)][head] for p in ("cI-", "cC-")
+                          if (lo, p + fam) in by and by[(lo, p + fam)][head] is not None}
+                if others:
+                    v = _verdict(base[head], others, n, match=True)
+                    lines.append(f"| contrastive on {100 * lo:g}% ≥ baseline on {100 * hi:g}% | {fam} | {head} | "
+                                 f"{fmt(base[head])} | {fmt(others.get('cI-' + fam))} | "
+                                 f"{fmt(others.get('cC-' + fam))} | {v} |")
+    return lines
+
+
+def _invocation_lines(invs: list[dict]) -> list[str]:
+    """Header lines for the recorded invocations that ran cells: their wall times and commits."""
+    ran = [i for i in invs if i.get("cells_run")]
+    if not ran:
+        return []
+    lines = [f"- wall time of the whole grid: {sum(i['wall_seconds'] for i in ran):.0f} s over {len(ran)} "
+             f"invocation(s) that ran cells ({INVOCATIONS}):"]
+    for i in ran:
+        note = f"; {i['note']}" if i.get("note") else ""
+        lines.append(f"  - {i['finished']}: {i['wall_seconds']:.0f} s, {i['cells_run']} cells, {i['workers']} "
+                     f"worker(s), commit {i['commit']}{note}")
+    return lines
+
+
 def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: list[tuple[Cell, dict]],
                  wall: float, ran: int, skipped: int, classifier_acc: dict | None) -> dict[str, Path]:
     """Write report.md, table1.csv, figure6.html and (with ablation cells) ablation.csv, figure11.html."""
@@ -291,6 +384,7 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
               f"- git commit: {git_commit()}", f"- machine: {machine()}",
               f"- wall time of this invocation: {wall:.0f} s ({ran} cells run, {skipped} already done); "
               f"compute of all cells: {_cell_seconds(main + abl):.0f} s (training + evaluation)",
+              *_invocation_lines(read_invocations(out)),
               f"- grid: models {', '.join(preset.models)}; fractions {', '.join(f'{f:g}' for f in preset.fractions)}; "
               f"seeds {', '.join(map(str, preset.seeds))}",
               f"- training: K={preset.K}, N={preset.N}, gamma={preset.gamma:g}, latent dim {preset.latent_dim}, "
@@ -305,7 +399,13 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
                "## Table 1: MNIST(M)-SVHN(S), mean (±std) over seeds, %", "",
                markdown_table(rows, keys, lambda k: [f"{100 * k[0]:g}%", k[1]]), "",
                "— : not applicable (synergy coherence of MMVAE variants, paper §4.3).", "",
-               "Figure 6: [figure6.html](figure6.html)"]
+               "Figure 6: [figure6.html](figure6.html)", "",
+               "## The paper's findings on this grid", "",
+               "Computed from Table 1 (percent). Better or worse means beyond two standard errors of the "
+               + (f"difference of two proportions on {e['test_pairs']} test pairs"
+                  if e.get("test_pairs") else "difference (none: the whole test set)")
+               + "; with one seed the spread over seeds is not in it. Chance is 10%.", "",
+               *findings(rows, e.get("test_pairs"))]
     if abl:
         arows = sorted(aggregate(abl, lambda c: (c.gamma,)), key=lambda r: r["key"][0])
         base = [r for r in aggregate([(c, m) for c, m in main if c.variant == "MMVAE"
@@ -418,8 +518,11 @@ def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: s
         done, ran, skipped = _run_parallel(preset, cells, out, classifiers, source, root, download, device,
                                            progress, workers)
     acc = {k: v["test_accuracy"] for k, v in classifiers[2].items()}
+    wall = time.time() - t0
+    if ran:
+        log_invocation(out, wall, ran, skipped, workers)
     return write_report(out, preset, [(c, done[c]) for c in main], [(c, done[c]) for c in abl],
-                        time.time() - t0, ran, skipped, acc)
+                        wall, ran, skipped, acc)
 
 
 def add_parser(sub) -> None:

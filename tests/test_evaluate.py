@@ -197,6 +197,46 @@ def test_reproduce_workers_run_cells_in_parallel_and_report_failures(tmp_path, c
     assert (tmp_path / "runs" / "MMVAE-f0.1-s1" / "metrics.json").is_file()
 
 
+def _row(fraction, variant, s_to_m, m_to_s):
+    from engine.reproduce import COLUMNS
+
+    r = {"key": (fraction, variant), "n_seeds": 1, **{h: None for _, _, h in COLUMNS}}
+    r["Cross S→M"], r["Cross M→S"] = (s_to_m, 0.0), (m_to_s, 0.0)
+    return r
+
+
+def test_findings_verdicts_on_a_hand_built_table():
+    from engine.reproduce import findings
+
+    # n = 2000 pairs: two standard errors of a 40-vs-50 % difference are 3.1 points, so 50 beats 40 and
+    # 41 or 42 do not; 10-11 % is chance.
+    rows = [_row(1.0, "MMVAE", 40, 10.5), _row(1.0, "cI-MMVAE", 50, 10.2), _row(1.0, "cC-MMVAE", 41, 11),
+            _row(0.2, "MMVAE", 30, 10), _row(0.2, "cI-MMVAE", 42, 10), _row(0.2, "cC-MMVAE", 20, 10)]
+    lines = findings(rows, 2000)
+    got = {tuple(c.strip() for c in line.split("|")[1:4]): line.split("|")[-2].strip() for line in lines[2:]}
+    assert got == {
+        ("contrastive > baseline, 100% data", "MMVAE", "Cross S→M"): "holds for cI-MMVAE only",
+        ("contrastive > baseline, 100% data", "MMVAE", "Cross M→S"): "not informative: all at chance",
+        ("contrastive > baseline, 20% data", "MMVAE", "Cross S→M"): "holds for cI-MMVAE only",
+        ("contrastive > baseline, 20% data", "MMVAE", "Cross M→S"): "not informative: all at chance",
+        ("contrastive on 20% ≥ baseline on 100%", "MMVAE", "Cross S→M"): "holds for cI-MMVAE only",
+        ("contrastive on 20% ≥ baseline on 100%", "MMVAE", "Cross M→S"): "not informative: all at chance"}
+    worse = findings([_row(1.0, "MVAE", 60, 50), _row(1.0, "cI-MVAE", 30, 51), _row(1.0, "cC-MVAE", 20, 49)], 2000)
+    assert worse[2].endswith("| does not hold (worse) |") and worse[3].endswith("| does not hold (within noise) |")
+    # without a noise rule (the whole test set) any gain counts
+    assert findings([_row(1.0, "JMVAE", 60, 50), _row(1.0, "cI-JMVAE", 60.5, 51)], None)[2].endswith("| holds |")
+
+
+def test_report_header_sums_the_invocations(tmp_path):
+    from engine import reproduce as R
+
+    R.log_invocation(tmp_path, 100.0, 3, 0, 2)
+    R.log_invocation(tmp_path, 2.0, 0, 3, 1)          # nothing ran: not counted
+    R.log_invocation(tmp_path, 50.4, 1, 3, 2)
+    lines = R._invocation_lines(R.read_invocations(tmp_path))
+    assert lines[0].startswith("- wall time of the whole grid: 150 s over 2 invocation(s)") and len(lines) == 3
+
+
 def test_presets_state_their_cuts():
     from engine.reproduce import PRESETS, grid
 
