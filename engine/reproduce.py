@@ -339,6 +339,18 @@ def findings(rows: list[dict], n: int | None) -> list[str]:
     return lines
 
 
+def diverged(curve: list[dict]) -> tuple[float, float] | None:
+    """(best, last) held-out IWAE of a run whose last value is more than twice as bad as its best, else
+    None. Such a run's losses exploded while staying finite, which the non-finite guard of training
+    does not catch."""
+    vals = [r["test_iwae"] for r in curve if r.get("test_iwae") is not None]
+    finite = [v for v in vals[:-1] if math.isfinite(v)]
+    if not finite:
+        return None
+    best, last = max(finite + vals[-1:]), vals[-1]
+    return (best, last) if not math.isfinite(last) or last < best - abs(best) else None
+
+
 def _invocation_lines(invs: list[dict]) -> list[str]:
     """Header lines for the recorded invocations that ran cells: their wall times and commits."""
     ran = [i for i in invs if i.get("cells_run")]
@@ -354,8 +366,10 @@ def _invocation_lines(invs: list[dict]) -> list[str]:
 
 
 def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: list[tuple[Cell, dict]],
-                 wall: float, ran: int, skipped: int, classifier_acc: dict | None) -> dict[str, Path]:
-    """Write report.md, table1.csv, figure6.html and (with ablation cells) ablation.csv, figure11.html."""
+                 wall: float, ran: int, skipped: int, classifier_acc: dict | None,
+                 diverged_runs: dict[str, tuple[float, float]] | None = None) -> dict[str, Path]:
+    """Write report.md, table1.csv, figure6.html and (with ablation cells) ablation.csv, figure11.html.
+    ``diverged_runs`` (run name -> best, last held-out IWAE) are listed under Table 1."""
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     rows = aggregate(main, lambda c: (c.fraction, c.variant))
@@ -387,6 +401,10 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
                markdown_table(rows, keys, lambda k: [f"{100 * k[0]:g}%", k[1]]), "",
                "— : not applicable (synergy coherence of MMVAE variants, paper §4.3).", "",
                "Figure 6: [figure6.html](figure6.html)", "",
+               *(["Diverged runs (last held-out IWAE more than twice as bad as the best; their numbers are "
+                  "in the tables as they are): " + "; ".join(f"{k} (best {b:,.0f}, last {la:.3g})"
+                                                           for k, (b, la) in sorted(diverged_runs.items())), ""]
+                 if diverged_runs else []),
                "## The paper's findings on this grid", "",
                "Computed from Table 1 (percent). Better or worse means beyond two standard errors of the "
                + (f"difference of two proportions on {e['test_pairs']} test pairs"
@@ -508,8 +526,12 @@ def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: s
     wall = time.time() - t0
     if ran:
         log_invocation(out, wall, ran, skipped, workers)
+    from engine.train import read_metrics
+
+    names = [c.dirname(preset.gamma) for c in cells]
+    bad = {n: d for n in names if (d := diverged(read_metrics(out / "runs" / n))) is not None}
     return write_report(out, preset, [(c, done[c]) for c in main], [(c, done[c]) for c in abl],
-                        wall, ran, skipped, acc)
+                        wall, ran, skipped, acc, bad)
 
 
 def add_parser(sub) -> None:

@@ -227,6 +227,27 @@ def test_findings_verdicts_on_a_hand_built_table():
     assert findings([_row(1.0, "JMVAE", 60, 50), _row(1.0, "cI-JMVAE", 60.5, 51)], None)[2].endswith("| holds |")
 
 
+def test_diverged_runs_are_those_whose_held_out_iwae_exploded():
+    from engine.reproduce import diverged
+
+    curve = [{"test_iwae": v} for v in (-3457.0, -3349.7, -3393.0, -3657.7)]
+    assert diverged(curve) is None                                     # a little worse than the best: fine
+    assert diverged(curve + [{"test_iwae": -2.78e13}]) == (-3349.7, -2.78e13)
+    assert diverged(curve + [{"test_iwae": float("nan")}]) is not None
+    assert diverged(curve[:1]) is None and diverged([{"step": 3}]) is None
+    assert diverged([{"test_iwae": float("nan")}, {"test_iwae": -1.0}]) is None
+
+
+def test_report_lists_diverged_runs(tmp_path):
+    from engine import reproduce as R
+
+    preset = R.PRESETS["cpu"]()
+    files = R.write_report(tmp_path, preset, [], [], 1.0, 0, 0, None, {"cI-JMVAE-f0.2-s0": (-3349.7, -2.78e13)})
+    assert "Diverged runs" in files["report.md"].read_text() and "cI-JMVAE-f0.2-s0 (best -3,350, last -2.78e+13)" \
+        in files["report.md"].read_text()
+    assert "Diverged runs" not in R.write_report(tmp_path, preset, [], [], 1.0, 0, 0, None)["report.md"].read_text()
+
+
 def test_report_header_sums_the_invocations(tmp_path):
     from engine import reproduce as R
 
