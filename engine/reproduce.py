@@ -183,8 +183,11 @@ def aggregate(results: list[tuple[Cell, dict]], by: Callable[[Cell], tuple]) -> 
     return rows
 
 
-def _fmt(v) -> str:
-    return "—" if v is None else f"{v[0]:.2f} (±{v[1]:.2f})"
+def _fmt(v, n_seeds: int = 2) -> str:
+    """Mean (±std) over seeds; the mean alone for one seed, whose spread is unknown, not zero."""
+    if v is None:
+        return "—"
+    return f"{v[0]:.2f}" if n_seeds < 2 else f"{v[0]:.2f} (±{v[1]:.2f})"
 
 
 def key_text(k) -> str:
@@ -199,7 +202,7 @@ def markdown_table(rows: list[dict], key_names: list[str], key_fmt: Callable[[tu
     lines = ["| " + " | ".join(key_names + ["seeds"] + heads) + " |",
              "|" + "---|" * (len(key_names) + 1 + len(heads))]
     for r in rows:
-        lines.append("| " + " | ".join(key_fmt(r["key"]) + [str(r["n_seeds"])] + [_fmt(r[h]) for h in heads]) + " |")
+        lines.append("| " + " | ".join(key_fmt(r["key"]) + [str(r["n_seeds"])] + [_fmt(r[h], r["n_seeds"]) for h in heads]) + " |")
     return "\n".join(lines)
 
 
@@ -209,7 +212,8 @@ def csv_text(rows: list[dict], key_names: list[str]) -> str:
     heads = [h for _, _, h in COLUMNS]
     w.writerow(key_names + ["n_seeds"] + [f"{h} {s}" for h in heads for s in ("mean", "std")])
     for r in rows:
-        vals = [x for h in heads for x in ((round(r[h][0], 4), round(r[h][1], 4)) if r[h] is not None else ("", ""))]
+        vals = [x for h in heads for x in ((round(r[h][0], 4), round(r[h][1], 4) if r["n_seeds"] > 1 else "")
+                                           if r[h] is not None else ("", ""))]
         w.writerow([key_text(k) for k in r["key"]] + [r["n_seeds"]] + vals)
     return buf.getvalue()
 
@@ -397,7 +401,7 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
         header.append("- digit classifiers (test accuracy): "
                       + ", ".join(f"{k} {100 * v:.2f}%" for k, v in classifier_acc.items()))
     header += ["", f"Preset notes: {' '.join(preset.notes.split())}", "",
-               "## Table 1: MNIST(M)-SVHN(S), mean (±std) over seeds, %", "",
+               "## Table 1: MNIST(M)-SVHN(S), mean (±std) over seeds (the mean alone for one seed), %", "",
                markdown_table(rows, keys, lambda k: [f"{100 * k[0]:g}%", k[1]]), "",
                "— : not applicable (synergy coherence of MMVAE variants, paper §4.3).", "",
                "Figure 6: [figure6.html](figure6.html)", "",

@@ -238,6 +238,18 @@ def test_diverged_runs_are_those_whose_held_out_iwae_exploded():
     assert diverged([{"test_iwae": float("nan")}, {"test_iwae": -1.0}]) is None
 
 
+def test_tables_show_a_spread_only_over_several_seeds():
+    from engine.reproduce import Cell, aggregate, csv_text, markdown_table
+
+    m = lambda acc: {"latent_accuracy": {"mnist": acc, "svhn": acc}}   # noqa: E731
+    rows = aggregate([(Cell("MMVAE", 1.0, 0, 2.0), m(0.5)), (Cell("MMVAE", 1.0, 1, 2.0), m(0.7)),
+                      (Cell("MVAE", 1.0, 0, 2.0), m(0.4))], lambda c: (c.fraction, c.variant))
+    md = markdown_table(rows, ["Data", "Methods"], lambda k: [f"{100 * k[0]:g}%", k[1]]).splitlines()
+    assert "| 100% | MMVAE | 2 | 60.00 (±14.14) |" in md[2] and "| 100% | MVAE | 1 | 40.00 | 40.00 | — |" in md[3]
+    csv_rows = csv_text(rows, ["fraction", "variant"]).splitlines()
+    assert csv_rows[1].startswith("1,MMVAE,2,60.0,14.1421,") and csv_rows[2].startswith("1,MVAE,1,40.0,,40.0,,")
+
+
 def test_report_lists_diverged_runs(tmp_path):
     from engine import reproduce as R
 
