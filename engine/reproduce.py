@@ -254,12 +254,16 @@ def _write_figure(fig, path: Path) -> list[Path]:
     return out
 
 
-def git_commit() -> str:
+def git_commit(ignore: Path | None = None) -> str:
+    """HEAD, marked when tracked files differ from it; changes under ``ignore`` (the report's own folder,
+    rewritten by every run) do not count."""
     try:
         root = Path(__file__).resolve().parents[1]
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        inside = ignore is not None and Path(ignore).resolve().is_relative_to(root)
+        spec = [f":(exclude){Path(ignore).resolve().relative_to(root)}"] if inside else []
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *spec],
+                               cwd=root, capture_output=True, text=True, timeout=10)
         return sha.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "") or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -286,7 +290,7 @@ CROSS = ("Cross S→M", "Cross M→S")
 def log_invocation(out: Path, wall: float, ran: int, skipped: int, workers: int) -> None:
     """Append this invocation (commit, wall time, cells run) to OUT/invocations.jsonl, so a grid run
     over several sittings reports its whole wall time."""
-    rec = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(), "wall_seconds": round(wall, 1),
+    rec = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": git_commit(out), "wall_seconds": round(wall, 1),
            "cells_run": ran, "cells_skipped": skipped, "workers": workers}
     out.mkdir(parents=True, exist_ok=True)
     with open(out / INVOCATIONS, "a") as f:
@@ -386,7 +390,7 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
             files[p.name] = p
     e = preset.eval
     header = [f"# Reproduction report: preset `{preset.name}`", "",
-              f"- git commit: {git_commit()}", f"- machine: {machine()}",
+              f"- git commit: {git_commit(out)}", f"- machine: {machine()}",
               f"- wall time of this invocation: {wall:.0f} s ({ran} cells run, {skipped} already done); "
               f"compute of all cells: {_cell_seconds(main + abl):.0f} s (training + evaluation)",
               *_invocation_lines(read_invocations(out)),
