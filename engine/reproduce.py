@@ -140,15 +140,27 @@ def grid(preset: Preset, ablation: bool) -> tuple[list[Cell], list[Cell]]:
     return main, (abl if ablation else [])
 
 
+def split_done(preset: Preset, cells: list[Cell], out: Path) -> tuple[dict[Cell, dict], list[tuple[Cell, Path]]]:
+    """The metrics of the cells already evaluated, and (cell, run dir) of those still to run, in order."""
+    from engine.evaluate import METRICS_NAME, read_evaluation
+
+    done, todo = {}, []
+    for cell in cells:
+        run_dir = out / "runs" / cell.dirname(preset.gamma)
+        if (run_dir / METRICS_NAME).is_file():
+            done[cell] = read_evaluation(run_dir)
+        else:
+            todo.append((cell, run_dir))
+    return done, todo
+
+
 def run_cell(preset: Preset, cell: Cell, run_dir: Path, classifiers, data_cache: dict, source: str,
-             root: str | None, download: bool, device: str, progress: bool) -> tuple[dict, bool]:
-    """Train (or resume) and evaluate one cell; (metrics, ran) with ran False when it was already done."""
-    from engine.evaluate import METRICS_NAME, evaluate, read_evaluation
+             root: str | None, download: bool, device: str, progress: bool) -> dict:
+    """Train (or resume a half-trained run) and evaluate one cell; its metrics."""
+    from engine.evaluate import evaluate
     from engine.registry import build_data
     from engine.train import train
 
-    if (run_dir / METRICS_NAME).is_file():
-        return read_evaluation(run_dir), False
     cfg = preset.run_config(cell.variant, cell.fraction, cell.seed, cell.gamma, source, root, download, device)
     key = (cell.fraction, cell.seed)
     if key not in data_cache:
@@ -158,7 +170,7 @@ def run_cell(preset: Preset, cell: Cell, run_dir: Path, classifiers, data_cache:
     train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=progress, data=data)
     e = preset.eval
     return evaluate(run_dir, e["samples"], e["ll_samples"], device, progress, test_pairs=e["test_pairs"],
-                    ll_pairs=e["ll_pairs"], latent_max=e["latent_max"], classifiers=classifiers, data=data), True
+                    ll_pairs=e["ll_pairs"], latent_max=e["latent_max"], classifiers=classifiers, data=data)
 
 
 def _value(m: dict, key: str, sub: str | None) -> float | None:
@@ -449,48 +461,37 @@ def _init_worker(threads: int, classifiers) -> None:
 
 
 def _worker_cell(preset: Preset, cell: Cell, run_dir: Path, source: str, root: str | None, download: bool,
-                 device: str) -> tuple[dict, bool]:
+                 device: str) -> dict:
     return run_cell(preset, cell, run_dir, _WORKER["classifiers"], _WORKER["data"], source, root, download,
                     device, False)
 
 
-def _run_parallel(preset: Preset, cells: list[Cell], out: Path, classifiers, source: str, root: str | None,
-                  download: bool, device: str, progress: bool, workers: int) -> tuple[dict, int, int]:
-    """Run the unfinished cells in ``workers`` processes; a failed cell does not stop the others, and the
+def _run_parallel(preset: Preset, todo: list[tuple[Cell, Path]], classifiers, source: str, root: str | None,
+                  download: bool, device: str, progress: bool, workers: int) -> dict[Cell, dict]:
+    """Run the cells of ``todo`` in ``workers`` processes; a failed cell does not stop the others, and the
     failures are raised together once every other cell has finished (their results are kept on disk)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from tqdm.auto import tqdm
 
-    from engine.evaluate import METRICS_NAME, read_evaluation
-
-    done: dict[Cell, dict] = {}
-    todo = []
-    for cell in cells:
-        run_dir = out / "runs" / cell.dirname(preset.gamma)
-        if (run_dir / METRICS_NAME).is_file():
-            done[cell] = read_evaluation(run_dir)
-        else:
-            todo.append((cell, run_dir))
-    todo.sort(key=lambda t: -cost_rank(t[0], preset))   # longest first: the workers finish together
-    skipped, failed = len(done), []
+    todo = sorted(todo, key=lambda t: -cost_rank(t[0], preset))   # longest first: the workers finish together
+    done, failed = {}, []
     threads = max(1, (os.cpu_count() or 1) // workers)
-    if todo:
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads, classifiers)) as pool:
-            futures = {pool.submit(_worker_cell, preset, cell, run_dir, source, root, download, device): cell
-                       for cell, run_dir in todo}
-            for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress,
-                            desc=f"reproduce {preset.name} ({workers} workers)", unit="run"):
-                try:
-                    done[futures[fut]] = fut.result()[0]
-                except Exception as exc:  # noqa: BLE001 - reported below with the cell's name
-                    failed.append(f"{futures[fut].dirname(preset.gamma)}: {type(exc).__name__}: {exc}")
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads, classifiers)) as pool:
+        futures = {pool.submit(_worker_cell, preset, cell, run_dir, source, root, download, device): cell
+                   for cell, run_dir in todo}
+        for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress,
+                        desc=f"reproduce {preset.name} ({workers} workers)", unit="run"):
+            try:
+                done[futures[fut]] = fut.result()
+            except Exception as exc:  # noqa: BLE001 - reported below with the cell's name
+                failed.append(f"{futures[fut].dirname(preset.gamma)}: {type(exc).__name__}: {exc}")
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(todo)} cells failed (the others are saved; rerun to retry "
                            "only these): " + "; ".join(failed))
-    return {c: done[c] for c in cells}, len(todo), skipped
+    return done
 
 
 def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: str = "offline",
@@ -517,27 +518,24 @@ def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: s
 
         classifiers = get_classifiers(DataConfig(source=source, root=root, download=download),
                                       pick_device(device), progress)
-    done: dict[Cell, dict] = {}
-    ran = skipped = 0
     cells = list(dict.fromkeys(main + abl))
+    done, todo = split_done(preset, cells, out)
+    ran, skipped = len(todo), len(done)
     if workers <= 1:
         data_cache: dict = {}
-        for cell in tqdm(cells, disable=not progress, desc=f"reproduce {preset.name}", unit="run"):
-            run_dir = out / "runs" / cell.dirname(preset.gamma)
-            done[cell], did = run_cell(preset, cell, run_dir, classifiers, data_cache, source, root, download,
-                                       device, progress)
-            ran, skipped = ran + did, skipped + (not did)
-    else:
-        done, ran, skipped = _run_parallel(preset, cells, out, classifiers, source, root, download, device,
-                                           progress, workers)
+        for cell, run_dir in tqdm(todo, disable=not progress, desc=f"reproduce {preset.name}", unit="run"):
+            done[cell] = run_cell(preset, cell, run_dir, classifiers, data_cache, source, root, download,
+                                  device, progress)
+    elif todo:
+        done.update(_run_parallel(preset, todo, classifiers, source, root, download, device, progress, workers))
     acc = {k: v["test_accuracy"] for k, v in classifiers[2].items()}
     wall = time.time() - t0
     if ran:
         log_invocation(out, wall, ran, skipped, workers)
     from engine.train import read_metrics
 
-    names = [c.dirname(preset.gamma) for c in cells]
-    bad = {n: d for n in names if (d := diverged(read_metrics(out / "runs" / n))) is not None}
+    bad = {c.dirname(preset.gamma): d for c in cells
+           if (d := diverged(read_metrics(out / "runs" / c.dirname(preset.gamma)))) is not None}
     return write_report(out, preset, [(c, done[c]) for c in main], [(c, done[c]) for c in abl],
                         wall, ran, skipped, acc, bad)
 
