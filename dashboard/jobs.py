@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.registry import parse_variant
+
 ACTIVE_NAME = ".active.json"
 LOG_NAME = "train.log"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -51,10 +53,12 @@ class Job:
 
 def train_argv(name: str, runs_root: Path, model: str, dataset: str, data_fraction: float, epochs: int,
                max_steps: int | None, K: int, N: int, gamma: float, batch_size: int,
-               device: str = "auto", source: str = "offline", data_root: str | None = None) -> list[str]:
+               device: str = "auto", source: str = "offline", data_root: str | None = None,
+               looser: bool = False) -> list[str]:
     """The CLI call a dashboard training run makes (the same a user would type).
 
     ``data_root`` is passed (as --data-root) only where it is read: dataset ``cub`` or source ``real``.
+    ``looser`` adds --looser for MMVAE-family variants only (the others have no mixture to stratify).
     """
     argv = [sys.executable, "-m", "engine", "train", "--model", model, "--dataset", dataset,
             "--data-fraction", repr(float(data_fraction)), "--epochs", str(int(epochs)),
@@ -63,6 +67,8 @@ def train_argv(name: str, runs_root: Path, model: str, dataset: str, data_fracti
             "--out", str(Path(runs_root) / name), "--no-progress"]
     if max_steps:
         argv[argv.index("--epochs"):argv.index("--epochs")] = ["--max-steps", str(int(max_steps))]
+    if looser and parse_variant(model)[0] == "mmvae":
+        argv.insert(argv.index("--out"), "--looser")
     if source != "offline":
         argv[argv.index("--data-fraction"):argv.index("--data-fraction")] = ["--source", source]
     if needs_data_root(dataset, source) and data_root:

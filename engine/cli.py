@@ -70,7 +70,7 @@ def config_from_args(a: argparse.Namespace) -> RunConfig:
         variant=variant_name(family, contrastive),
         data=DataConfig(a.dataset, a.source, a.data_root, a.download, a.data_fraction, a.dm, a.seed, a.features),
         model=ModelConfig(family, a.latent_dim or (20 if a.dataset == "mnist-svhn" else 64), a.learn_prior, a.alpha),
-        objective=ObjectiveConfig(contrastive, a.K, a.negatives, a.gamma, a.dreg),
+        objective=ObjectiveConfig(contrastive, a.K, a.negatives, a.gamma, a.dreg, a.looser),
         train=TrainConfig(a.epochs, a.max_steps, a.batch_size, a.lr, a.seed, a.device, a.max_nonfinite,
                           a.k_chunk, a.precision),
     ).validate()
@@ -93,6 +93,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--learn-prior", action="store_true", help="learnable prior scale (MMVAE)")
     p.add_argument("--alpha", type=float, default=0.01, help="JMVAE-kl weight (default 0.01)")
     p.add_argument("--dreg", action="store_true", help="DReG gradients for the IWAE term (MMVAE)")
+    p.add_argument("--looser", action="store_true",
+                   help="MMVAE: average the IWAE of each expert's samples instead of one IWAE over all "
+                        "(Shi et al. 2019's looser bound; keeps both experts trained on CUB)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--max-nonfinite", type=positive_int, default=10,

@@ -68,6 +68,7 @@ class ObjectiveConfig:
     N: int = 5
     gamma: float = 2.0
     dreg: bool = False               # DReG gradients for MMVAE's IWAE term
+    looser: bool = False             # MMVAE: term 1 by the looser stratified bound (objectives.looser)
 
     def validate(self) -> None:
         if self.contrastive not in (None, "iwae", "cubo"):
@@ -78,6 +79,8 @@ class ObjectiveConfig:
             raise ConfigError(f"N (negatives) must be >= 1, got {self.N}")
         if not (self.gamma > 0 or math.isinf(self.gamma)):
             raise ConfigError(f"gamma must be > 0, got {self.gamma}")
+        if self.looser and self.dreg:
+            raise ConfigError("the looser stratified bound and DReG gradients cannot be combined")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """A variant's loss for one batch: the model's log weights fed to the objectives.
 
 Baselines minimise minus their usual objective. Contrastive variants (cI-, cC-) minimise eq. (4):
-term 1 is the usual objective with its joint term estimated by IWAE; term 2 scores N in-batch
+term 1 is the usual objective with its joint term estimated by IWAE (for MMVAE optionally by the
+looser stratified bound, ``objectives.looser``); term 2 scores N in-batch
 negatives per pair by IWAE (cI-) or CUBO (cC-). gamma = inf recovers the baseline.
 """
 from __future__ import annotations
@@ -65,6 +66,12 @@ def negative_index(negx: torch.Tensor, negy: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.cat([negx.T.reshape(-1), own]), torch.cat([own, negy.T.reshape(-1)])])
 
 
+def _join_strata(chunks, sizes: list[int]) -> torch.Tensor:
+    """Log weights of K-chunks, each (S*k, ...) stratum-major, joined into one stratum-major (S*K, ...)."""
+    by_stratum = [c.reshape(c.shape[0] // k, k, *c.shape[1:]) for c, k in zip(chunks, sizes)]
+    return torch.cat(by_stratum, 1).flatten(0, 1)
+
+
 def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], family: str, obj: ObjectiveConfig,
                  generator: torch.Generator | None = None, noise: list[torch.Tensor] | None = None,
                  neg_noise: torch.Tensor | None = None, k_chunk: int | None = None,
@@ -109,14 +116,18 @@ def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], family: str, obj:
     if not chunked:
         terms, extra, neg, joint = pieces(noise, neg_noise)
     else:
+        sizes = [min(k_chunk, K - i) for i in range(0, K, k_chunk)]
+        slices = [slice(i, i + k) for i, k in zip(range(0, K, k_chunk), sizes)]
         outs = [checkpoint(pieces, [n[sl] for n in noise], None if neg_noise is None else neg_noise[sl],
-                           use_reentrant=False)
-                for sl in (slice(i, i + k_chunk) for i in range(0, K, k_chunk))]
-        terms = [torch.cat(t, 0) for t in zip(*(o[0] for o in outs))]
+                           use_reentrant=False) for sl in slices]
+        terms = [_join_strata(t, sizes) for t in zip(*(o[0] for o in outs))]
         extra = outs[0][1]
         neg = None if J is None else torch.cat([o[2] for o in outs], 0)
         joint = torch.cat([o[3] for o in outs], 0)
-    term1 = sum(O.estimate(t, est1) for t in terms) + extra if terms else extra
+    if obj.looser:
+        term1 = sum(O.looser(t, M, est1) for t in terms) + extra
+    else:
+        term1 = sum(O.estimate(t, est1) for t in terms) + extra if terms else extra
     elbo = O.elbo(joint).mean()
     if not contrastive:
         return LossOutput(-term1.mean(), term1.mean().detach(), None, elbo, -term1.detach())

@@ -33,6 +33,8 @@ def prepare_config(cfg: RunConfig, data) -> RunConfig:
     cfg.objective.contrastive = contrastive
     if cfg.objective.dreg and family != "mmvae":
         raise ConfigError("DReG gradients are implemented for MMVAE only")
+    if cfg.objective.looser and family != "mmvae":
+        raise ConfigError("the looser stratified bound is for MMVAE's mixture posterior only")
     if cfg.data.dataset != "mnist-svhn":
         cfg.model.vocab_size = len(data.vocab)
         cfg.model.feature_dim = int(data.train.modalities[0].shape[1])

@@ -85,6 +85,7 @@ def test_data_root_is_asked_for_cub_and_the_real_source_only(root, monkeypatch):
     at.text_input(key="tr_name").set_value("synth-run")
     at.form_submit_button[0].click().run()
     assert "--data-root" not in started[-1] and "--source" not in started[-1]
+    assert "--looser" in started[-1]                    # CUB + an MMVAE variant: the looser bound by default
     at.selectbox(key="tr_dataset").set_value("mnist-svhn").run()
     at.selectbox(key="tr_source").set_value("real").run()
     at.text_input(key="tr_data_root").set_value("/data/torchvision").run()
@@ -92,3 +93,4 @@ def test_data_root_is_asked_for_cub_and_the_real_source_only(root, monkeypatch):
     at.form_submit_button[0].click().run()
     argv = started[-1]
     assert argv[argv.index("--source") + 1] == "real" and argv[argv.index("--data-root") + 1] == "/data/torchvision"
+    assert "--looser" not in argv                       # MNIST-SVHN: the paper's tight bound by default

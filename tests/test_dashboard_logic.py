@@ -116,6 +116,15 @@ def test_train_argv_is_the_cli_call(tmp_path):
 
     ns = build_parser().parse_args(argv[3:])
     assert (ns.model, ns.K, ns.negatives, ns.max_steps, ns.data_fraction) == ("cI-MMVAE", 4, 3, 50, 0.1)
+    assert not ns.looser
+
+
+@pytest.mark.parametrize("model,expected", [("cI-MMVAE", True), ("MMVAE", True), ("cC-MVAE", False), ("JMVAE", False)])
+def test_train_argv_asks_for_the_looser_bound_only_for_mmvae(tmp_path, model, expected):
+    from engine.cli import build_parser
+
+    argv = jobs.train_argv("r", tmp_path, model, "cub-synthetic", 1.0, 1, None, 2, 1, 2.0, 8, looser=True)
+    assert build_parser().parse_args(argv[3:]).looser is expected
 
 
 @pytest.mark.parametrize("dataset,source,expected", [("cub", "offline", ("offline", "/data/cub")),

@@ -49,3 +49,27 @@ def test_contrastive_multi_eq14_by_hand():
 def test_contrastive_is_stable_for_large_magnitudes():
     out = O.contrastive(torch.tensor([-5000.0]), torch.full((1, 5), -6000.0), torch.full((1, 5), -7000.0))
     assert torch.isfinite(out).all()
+
+
+def test_looser_bound_against_a_loop_over_strata():
+    """looser = mean over strata of each stratum's own estimator (stratum-major rows)."""
+    lw = torch.randn(2 * 4, 3, dtype=torch.float64) * 3
+    for est in ("iwae", "cubo", "elbo"):
+        by_hand = sum(O.estimate(lw[s * 4:(s + 1) * 4], est) for s in range(2)) / 2
+        assert torch.allclose(O.looser(lw, 2, est), by_hand)
+    assert torch.all(O.looser(lw, 2) <= O.iwae(lw) + 1e-12)          # Jensen: looser than one IWAE
+    assert torch.allclose(O.looser(lw, 1), O.iwae(lw))
+    with pytest.raises(ValueError, match="equal strata"):
+        O.looser(lw, 3)
+
+
+def test_looser_bound_keeps_gradient_on_a_dominated_stratum():
+    """With one IWAE over all samples, a stratum scoring far below the other gets ~no weight;
+    the looser bound gives each stratum's samples a total weight of 1/S."""
+    lw = torch.tensor([[-50.0], [-51.0], [-1300.0], [-1302.0]], dtype=torch.float64, requires_grad=True)
+    O.iwae(lw).sum().backward()
+    assert lw.grad[2:].sum().item() == pytest.approx(0.0, abs=1e-30)
+    lw.grad = None
+    O.looser(lw, 2).sum().backward()
+    assert lw.grad[:2].sum().item() == pytest.approx(0.5, rel=1e-5)
+    assert lw.grad[2:].sum().item() == pytest.approx(0.5, rel=1e-5)

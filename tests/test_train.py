@@ -133,3 +133,16 @@ def test_export_is_small_loadable_and_not_resumable(tiny_run, tmp_path):
         assert a.dtype == b.dtype and torch.allclose(a, b, atol=1e-2, rtol=1e-2), k
     with pytest.raises(ConfigError, match="inference-only"):
         train(tiny_config(), tmp_path / "shipped", resume=True, progress=False)
+
+
+def test_looser_bound_is_refused_where_it_does_not_apply(tmp_path):
+    """--looser is for MMVAE's mixture posterior, and not with DReG; both are refused before training."""
+    cfg = tiny_config("MVAE")
+    cfg.objective.looser = True
+    with pytest.raises(ConfigError, match="MMVAE's mixture posterior only"):
+        train(cfg, tmp_path / "mvae", progress=False)
+    cfg = tiny_config("MMVAE")
+    cfg.objective.looser = cfg.objective.dreg = True
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        cfg.validate()
+    assert not (tmp_path / "mvae").exists()

@@ -40,6 +40,11 @@ with st.form("train_form"):
     gamma = c9.number_input("gamma", 0.01, 1000.0, 2.0, step=0.5, key="tr_gamma",
                             help="Weight of the joint term in eq. (4); only the contrastive (c*) variants use it.")
     batch = c10.number_input("Batch size", 2, 4096, 128, key="tr_batch")
+    looser = st.checkbox("Looser stratified bound (MMVAE variants)", value=dataset != "mnist-svhn",
+                         key=f"tr_looser_{dataset}",
+                         help="Average each expert's own IWAE instead of one IWAE over both experts' samples. "
+                              "On CUB the tight bound lets the image expert take all the gradient and the "
+                              "caption expert collapses. MVAE and JMVAE have no mixture and ignore this.")
     submitted = st.form_submit_button("Start training", type="primary")
 
 if submitted:
@@ -53,7 +58,7 @@ if submitted:
                    "finish or cancel it below, then start again.")
     else:
         argv = jobs.train_argv(run_name, root, variant, dataset, fraction, epochs, max_steps or None, K, N, gamma,
-                               batch, source=source, data_root=data_root.strip() or None)
+                               batch, source=source, data_root=data_root.strip() or None, looser=looser)
         try:
             job = jobs.start(run_name, argv, root)
         except (jobs.JobError, OSError) as e:
