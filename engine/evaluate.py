@@ -21,6 +21,7 @@ from engine.errors import ConfigError, EngineError
 
 METRICS_NAME = "metrics.json"
 TEST_SUBSET_SEED = 0          # the evaluated test pairs do not depend on the run, so runs compare
+RETRIEVAL_PAIRS = 1000       # CUB: test images (one caption each) for the retrieval recall@k
 
 
 def test_subset(n_pairs: int, n: int | None) -> torch.Tensor:
@@ -114,7 +115,8 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
 
     ``classifiers`` (mnist_clf, svhn_clf, info) and ``data`` may be passed in to skip loading them
     (tests, the reproduce grid); by default they come from ``get_classifiers`` and the run's config.
-    CUB runs call ``engine.metrics.cca.evaluate_cub(model, data, samples=..., progress=...) -> dict``.
+    CUB runs call ``engine.metrics.cca.evaluate_cub`` and add ``retrieval``
+    (``engine.retrieval.retrieval_metrics`` over up to RETRIEVAL_PAIRS test images).
     """
     import engine
     from engine.registry import build_data
@@ -132,7 +134,10 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
             raise EngineError(f"evaluating {cfg.data.dataset} runs needs engine.metrics.cca, which is not installed")
         from engine.metrics.cca import evaluate_cub
 
-        result = evaluate_cub(model, data, samples=samples, progress=progress)
+        from engine.retrieval import retrieval_metrics
+
+        result = evaluate_cub(model, data, samples=samples, test_pairs=test_pairs, seed=seed, progress=progress)
+        result["retrieval"] = retrieval_metrics(model, data, n=RETRIEVAL_PAIRS, seed=seed)
     else:
         if classifiers is None:
             from engine.metrics.classifiers import get_classifiers

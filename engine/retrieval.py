@@ -154,6 +154,42 @@ def images_for_caption(model, data, text: str, k: int = 5, by: str = "features",
     return [(i, str(paths[i]), float(s)) for i, s in zip(idx, scores)], unknown
 
 
+RECALL_AT = (1, 5, 10)
+
+
+def retrieval_metrics(model, data, n: int = 1000, split: str = "test", seed: int = 0) -> dict:
+    """How well ``by="features"`` retrieval finds the true partner among ``n`` test pairs.
+
+    ``n`` distinct images of ``split`` (a random subset fixed by ``seed``), each with one of its
+    captions. caption_to_image ranks the n images for each caption, image_to_caption the n captions
+    for each image, both by the feature distance the Retrieval page uses. Reports recall@k (the
+    share of queries whose partner is in the top k), the median rank (1 = first) and chance levels.
+    """
+    _check(model, data, 1, "features", split)
+    caption_image = data.caption_image[split]
+    n_images = len(data.unimodal[split]["image"][0])
+    if n < 2:
+        raise ConfigError(f"retrieval metrics need n >= 2 pairs, got {n}")
+    first = torch.full((n_images,), len(caption_image), dtype=torch.long)      # each image's first caption
+    first.scatter_reduce_(0, caption_image, torch.arange(len(caption_image)), "amin")
+    has_caption = (first < len(caption_image)).nonzero().squeeze(1)
+    images = has_caption[torch.randperm(len(has_caption), generator=torch.Generator().manual_seed(seed))[:n]]
+    captions = first[images]
+    d = torch.cdist(caption_features(model, data.unimodal[split]["caption"][0][captions]),
+                    data.unimodal[split]["image"][0][images].float())           # (caption i, image j)
+    true = d.diagonal()
+    # 0-based ranks; ties count against the query (a model that maps every caption to the same
+    # features must not find every image's caption "first")
+    ranks = {"caption_to_image": (d <= true[:, None]).sum(1) - 1, "image_to_caption": (d <= true[None, :]).sum(0) - 1}
+    out = {"pairs": len(images), "ranking": "features", "split": split,
+           "chance": {**{f"recall@{k}": min(k, len(images)) / len(images) for k in RECALL_AT},
+                      "median_rank": (len(images) + 1) / 2}}
+    for name, r in ranks.items():
+        out[name] = {**{f"recall@{k}": (r < k).float().mean().item() for k in RECALL_AT},
+                     "median_rank": (r.float().median() + 1).item()}
+    return out
+
+
 # ---- CLI ---------------------------------------------------------------------------------------
 def add_parser(sub) -> None:
     p = sub.add_parser("retrieve", help="CUB retrieval: captions for an image, or images for a caption",
@@ -197,5 +233,5 @@ def run_retrieve(a: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["captions_for_image", "images_for_caption", "encode_query", "caption_features", "feature_index",
+__all__ = ["captions_for_image", "images_for_caption", "retrieval_metrics", "encode_query", "caption_features", "feature_index",
            "clear_index", "add_parser"]

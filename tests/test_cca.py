@@ -123,3 +123,16 @@ def test_evaluate_cub_reports_every_coherence(variant):
     assert out["n"] == {"joint_samples": 20, "test_pairs": 16} and not model.training
     again = cca.evaluate_cub(model, tiny_cub_data(), samples=20, test_pairs=16, progress=False, embedding="ppmi")
     assert again["cca_coherence"] == coh
+
+
+def test_evaluate_writes_cub_coherence_and_retrieval(tmp_path):
+    """engine.evaluate on a CUB run: CCA coherence on the asked number of test pairs, plus retrieval."""
+    import shutil
+
+    from engine.evaluate import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_cub_run("cI-MMVAE"), run)
+    out = evaluate(run, samples=8, ll_samples=0, device="cpu", progress=False, test_pairs=8, data=tiny_cub_data())
+    assert out["n"]["test_pairs"] == 8 and (run / "metrics.json").is_file()
+    assert {"caption_to_image", "image_to_caption", "chance"} <= set(out["retrieval"])

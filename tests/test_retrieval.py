@@ -131,3 +131,27 @@ def test_retrieve_cli(capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
     assert main(["retrieve", run, "--caption", "zorblax", "--device", "cpu"]) == 2
     assert "none of the words" in capsys.readouterr().err
+
+
+def test_retrieval_metrics_on_the_model_and_at_the_extremes(model, data, monkeypatch):
+    """recall@k of the true partner among n test pairs: ordered in k, 1 for a model that decodes
+    each caption to its own image's features, chance-like with ties counted against the query for
+    one that decodes every caption alike."""
+    out = R.retrieval_metrics(model, data, n=1000)
+    n = len(data.unimodal["test"]["image"][0])
+    assert out["pairs"] == n and out["chance"]["recall@1"] == pytest.approx(1 / n)
+    for side in ("caption_to_image", "image_to_caption"):
+        r = out[side]
+        assert 0 <= r["recall@1"] <= r["recall@5"] <= r["recall@10"] <= 1 and 1 <= r["median_rank"] <= n
+    assert R.retrieval_metrics(model, data, n=1000) == out
+    images, cap_img = data.unimodal["test"]["image"][0], data.caption_image["test"]
+    own = {tuple(c.tolist()): images[cap_img[i]] for i, c in enumerate(data.unimodal["test"]["caption"][0])}
+    monkeypatch.setattr(R, "caption_features", lambda m, ids: torch.stack([own[tuple(c.tolist())] for c in ids]))
+    perfect = R.retrieval_metrics(model, data, n=6, seed=2)
+    assert perfect["pairs"] == min(6, n)
+    assert perfect["caption_to_image"]["recall@1"] == perfect["image_to_caption"]["recall@1"] == 1.0
+    monkeypatch.setattr(R, "caption_features", lambda m, ids: torch.zeros(len(ids), images.shape[1]))
+    same = R.retrieval_metrics(model, data, n=6, seed=2)
+    assert same["image_to_caption"]["recall@1"] == 0.0 and same["image_to_caption"]["median_rank"] == min(6, n)
+    with pytest.raises(ConfigError, match="n >= 2"):
+        R.retrieval_metrics(model, data, n=1)
