@@ -23,9 +23,9 @@ make_one() {
         --out "$src/$name"
       ship "$name" 500 10 2000 2000 100 ;;
     cub-synthetic-*)
-      python -m engine train --model "$model" --dataset cub-synthetic --max-steps 3000 "${common[@]}" \
+      python -m engine train --model "$model" --dataset cub-synthetic --looser --max-steps 7500 "${common[@]}" \
         --out "$src/$name"
-      ship "$name" 300 5 500 1000 0 ;;
+      ship "$name" 300 5 500 5000 0 ;;
     *) echo "unknown checkpoint name $name" >&2; exit 2 ;;
   esac
 }
