@@ -133,7 +133,6 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
         if importlib.util.find_spec("engine.metrics.cca") is None:
             raise EngineError(f"evaluating {cfg.data.dataset} runs needs engine.metrics.cca, which is not installed")
         from engine.metrics.cca import evaluate_cub
-
         from engine.retrieval import retrieval_metrics
 
         result = evaluate_cub(model, data, samples=samples, test_pairs=test_pairs, seed=seed, progress=progress)

@@ -124,10 +124,10 @@ def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], family: str, obj:
         extra = outs[0][1]
         neg = None if J is None else torch.cat([o[2] for o in outs], 0)
         joint = torch.cat([o[3] for o in outs], 0)
-    if obj.looser:
-        term1 = sum(O.looser(t, M, est1) for t in terms) + extra
-    else:
-        term1 = sum(O.estimate(t, est1) for t in terms) + extra if terms else extra
+    def joint_estimate(t):
+        return O.looser(t, M, est1) if obj.looser else O.estimate(t, est1)
+
+    term1 = sum(joint_estimate(t) for t in terms) + extra if terms else extra
     elbo = O.elbo(joint).mean()
     if not contrastive:
         return LossOutput(-term1.mean(), term1.mean().detach(), None, elbo, -term1.detach())

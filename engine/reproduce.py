@@ -195,7 +195,7 @@ def aggregate(results: list[tuple[Cell, dict]], by: Callable[[Cell], tuple]) -> 
     return rows
 
 
-def _fmt(v, n_seeds: int = 2) -> str:
+def _fmt(v, n_seeds: int) -> str:
     """Mean (±std) over seeds; the mean alone for one seed, whose spread is unknown, not zero."""
     if v is None:
         return "—"

@@ -233,5 +233,5 @@ def run_retrieve(a: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["captions_for_image", "images_for_caption", "retrieval_metrics", "encode_query", "caption_features", "feature_index",
-           "clear_index", "add_parser"]
+__all__ = ["captions_for_image", "images_for_caption", "retrieval_metrics", "encode_query", "caption_features",
+           "feature_index", "clear_index", "add_parser"]
