@@ -299,3 +299,25 @@ def append_history(history: list[dict], point: dict, max_len: int = 2000) -> lis
     if point and "step" in point and (not history or history[-1].get("step") != point.get("step")):
         history = [*history, point][-max_len:]
     return history
+
+
+def alignment_summary(alignment: dict | None) -> list[tuple[str, str, str]]:
+    """(label, formatted value, what it means) rows for a metrics.json ``alignment`` block.
+
+    Ratios are given to 3 significant figures with their verdict, so collapse (a cross-decode
+    spread near 0) and misalignment (a paired/random distance ratio near 1) read at a glance.
+    """
+    if not alignment or alignment.get("distance_ratio") is None:
+        return []
+    r = alignment["distance_ratio"]
+    rows = [("paired / random expert distance", f"{r:.3g}",
+             "unaligned: paired items sit as far apart as random ones" if r > 0.8 else
+             "partly aligned" if r > 0.5 else "aligned: the experts agree on paired items")]
+    for key, s in alignment.get("cross_decode_spread", {}).items():
+        if s.get("ratio") is None:
+            continue
+        src, dst = key.split("_to_")
+        rows.append((f"{src} → {dst} decode spread (cross / own)", f"{s['ratio']:.3g}",
+                     f"the {dst} decoder ignores {src} latents (one output for every item)" if s["ratio"] < 0.25 else
+                     f"{dst} outputs vary with the {src} input"))
+    return rows

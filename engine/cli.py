@@ -92,7 +92,8 @@ def add_train_parser(sub) -> None:
                    help="latent dimensions (default 20 for MNIST-SVHN, 64 for CUB as Shi et al. 2019)")
     p.add_argument("--learn-prior", action="store_true", help="learnable prior scale (MMVAE)")
     p.add_argument("--alpha", type=float, default=0.01, help="JMVAE-kl weight (default 0.01)")
-    p.add_argument("--dreg", action="store_true", help="DReG gradients for the IWAE term (MMVAE)")
+    p.add_argument("--dreg", action="store_true", help="DReG gradients for the IWAE term (MMVAE; with --looser, "
+                        "Shi et al. 2019's m_dreg_looser, their MNIST-SVHN setting)")
     p.add_argument("--looser", action="store_true",
                    help="MMVAE: average the IWAE of each expert's samples instead of one IWAE over all "
                         "(Shi et al. 2019's looser bound; keeps both experts trained on CUB)")
@@ -102,7 +103,9 @@ def add_train_parser(sub) -> None:
                    help="stop after this many non-finite losses in a row")
     p.add_argument("--k-chunk", type=positive_int, default=None,
                    help="evaluate the K samples in chunks of this size: flat peak memory, same result")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16 autocast on CUDA")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="bf16: encoders and decoders under bf16 autocast (CPU with AVX-512 BF16 or AMX, CUDA); "
+                        "likelihoods, log weights and the optimiser stay fp32")
     p.add_argument("--out", default=None, help="run directory (default runs/<MODEL>-<dataset>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

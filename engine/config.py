@@ -79,8 +79,6 @@ class ObjectiveConfig:
             raise ConfigError(f"N (negatives) must be >= 1, got {self.N}")
         if not (self.gamma > 0 or math.isinf(self.gamma)):
             raise ConfigError(f"gamma must be > 0, got {self.gamma}")
-        if self.looser and self.dreg:
-            raise ConfigError("the looser stratified bound and DReG gradients cannot be combined")
 
 
 @dataclass
@@ -95,7 +93,7 @@ class TrainConfig:
     device: str = "auto"
     max_nonfinite: int = 10          # stop after this many non-finite losses in a row
     k_chunk: int | None = None       # evaluate the K samples in chunks of this size (flat peak memory)
-    precision: str = "fp32"          # fp32 | bf16 (autocast on CUDA; fp32 elsewhere)
+    precision: str = "fp32"          # fp32 | bf16: encoder/decoder networks under bf16 autocast (CPU, CUDA)
 
     def validate(self) -> None:
         _choice("device", self.device, ("auto", "cpu", "cuda", "mps"))

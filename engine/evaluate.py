@@ -18,10 +18,12 @@ import torch
 from engine.cli import nonnegative_int, positive_int
 from engine.checkpoints import atomic_write_text
 from engine.errors import ConfigError, EngineError
+from engine.metrics.alignment import expert_alignment
 
 METRICS_NAME = "metrics.json"
 TEST_SUBSET_SEED = 0          # the evaluated test pairs do not depend on the run, so runs compare
 RETRIEVAL_PAIRS = 1000       # CUB: test images (one caption each) for the retrieval recall@k
+ALIGNMENT_PAIRS = 2000       # test pairs for the expert alignment diagnostics
 
 
 def test_subset(n_pairs: int, n: int | None) -> torch.Tensor:
@@ -144,6 +146,9 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
             classifiers = get_classifiers(cfg.data, model.device, progress=progress)
         result = evaluate_mnist_svhn(model, data, classifiers, samples, ll_samples, test_pairs, ll_pairs,
                                      latent_max, k_chunk, seed, progress)
+    align_idx = test_subset(len(data.test), min(ALIGNMENT_PAIRS, test_pairs or ALIGNMENT_PAIRS))
+    result["alignment"] = expert_alignment(model, data.test.batch(align_idx)[0],
+                                           torch.Generator(device=model.device).manual_seed(seed))
     epochs = read_metrics(run_dir)
     trained = {"steps": epochs[-1]["step"] if epochs else None,
                "seconds": round(sum(e.get("seconds", 0.0) for e in epochs), 1)}
@@ -178,6 +183,11 @@ def summary(m: dict) -> str:
     lines.append(f"  diversity (MNIST)    {m['diversity']}")
     if m.get("log_likelihood"):
         lines.append("  log-likelihoods      " + ", ".join(f"{k} {v:.1f}" for k, v in m["log_likelihood"].items()))
+    if m.get("alignment"):
+        a = m["alignment"]
+        spread = ", ".join(f"{k} {v['ratio']:.3g}" for k, v in a["cross_decode_spread"].items() if v["ratio"] is not None)
+        lines.append(f"  expert alignment     paired/random distance {a['distance_ratio']:.3g} (1: unaligned); "
+                     f"cross/own decode spread {spread} (0: ignores the latent)")
     ca = m["classifier_accuracy"]
     lines.append(f"  classifiers          MNIST {_pct(ca['mnist'])}  SVHN {_pct(ca['svhn'])} test accuracy")
     return "\n".join(lines)

@@ -106,7 +106,7 @@ def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], family: str, obj:
     def pieces(noise_c, neg_c):
         enc = fwd(xs, noise_c[0].shape[0], noise_c)
         if est1 == "dreg":
-            terms, extra = [], model.base_objective(enc, "dreg")
+            terms, extra = [], model.base_objective(enc, "dreg", looser=obj.looser)
         else:
             terms, extra = model.objective_terms(enc)
         neg = model.log_weights(enc, J, neg_c) if J is not None else None

@@ -60,23 +60,26 @@ def looser(lw: torch.Tensor, strata: int, estimator: str = "iwae") -> torch.Tens
     return estimate(by_stratum, estimator).mean(0)
 
 
-def dreg(lw: torch.Tensor, zs: list[torch.Tensor]) -> torch.Tensor:
-    """DReG surrogate for IWAE (Tucker et al. 2019), as in Shi et al. 2019's m_dreg.
+def dreg(lw: torch.Tensor, zs: list[torch.Tensor], looser: bool = False) -> torch.Tensor:
+    """DReG surrogate for IWAE (Tucker et al. 2019), as in Shi et al. 2019's m_dreg / m_dreg_looser.
 
     ``lw`` must be computed with the posterior parameters detached inside log q; ``zs`` are the
     reparameterised samples, one (K, B, L) tensor per stratum, in the order of ``lw``'s strata.
+    ``looser``: the weights are normalised within each stratum and the strata averaged, the DReG
+    estimator of the looser stratified bound (:func:`looser`); otherwise over all samples at once.
     Returns a per-item surrogate whose gradient is the doubly-reparameterised IWAE gradient
     (its value is not the IWAE estimate).
     """
+    S = len(zs)
+    by_stratum = lw.reshape(S, lw.shape[0] // S, *lw.shape[1:])
     with torch.no_grad():
-        wt = torch.softmax(lw, 0)
+        wt = torch.softmax(by_stratum, 1) if looser else torch.softmax(lw, 0).view_as(by_stratum)
     if torch.is_grad_enabled():
         for s, z in enumerate(zs):
             if z.requires_grad:
-                k = z.shape[0]
-                w_s = wt[s * k:(s + 1) * k].unsqueeze(-1)
-                z.register_hook(lambda g, w=w_s: w * g)
-    return (wt * lw).sum(0)
+                z.register_hook(lambda g, w=wt[s].unsqueeze(-1): w * g)
+    per_stratum = (wt * by_stratum).sum(1)
+    return per_stratum.mean(0) if looser else per_stratum.sum(0)
 
 
 def contrastive(log_p: torch.Tensor, log_p_neg_x: torch.Tensor, log_p_neg_y: torch.Tensor,

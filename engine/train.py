@@ -108,7 +108,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     torch.manual_seed(cfg.train.seed)
     data = data if data is not None else build_data(cfg.data)
     cfg = prepare_config(cfg, data)
-    model = model_from_config(cfg).to(device)
+    model = model_from_config(cfg).to(device).set_precision(cfg.train.precision)
     if rank:
         torch.manual_seed(cfg.train.seed + rank)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr, amsgrad=True)
@@ -129,8 +129,6 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.json")
     forward = DistributedDataParallel(model) if world > 1 else None
-    autocast = torch.autocast("cuda", torch.bfloat16,
-                              enabled=cfg.train.precision == "bf16" and device.type == "cuda")
 
     ds = data.train
     bs = min(cfg.train.batch_size, len(ds)) // world
@@ -162,9 +160,8 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
                 xs, _ = ds.batch(order[b * bs:(b + 1) * bs])
                 b += 1
                 xs = [x.to(device, non_blocking=True) for x in xs]
-                with autocast:
-                    out_ = variant_loss(model, xs, family, cfg.objective, gen, k_chunk=cfg.train.k_chunk,
-                                        forward=forward)
+                out_ = variant_loss(model, xs, family, cfg.objective, gen, k_chunk=cfg.train.k_chunk,
+                                    forward=forward)
                 if not _all_finite(out_.loss, world):
                     bad_in_row += 1
                     skipped += 1

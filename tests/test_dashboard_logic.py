@@ -184,3 +184,14 @@ def test_runs_finder_reads_configs_and_flags_problems(tmp_path, monkeypatch):
     assert "unreadable" in found["broken"].problem
     assert [r.name for r in runs.find_runs(dataset="cub")] == []
     assert runs.datasets(list(found.values())) == ["mnist-svhn", "?"]
+
+
+def test_alignment_summary_reads_collapse_and_alignment():
+    from dashboard.logic import alignment_summary
+
+    assert alignment_summary(None) == [] and alignment_summary({"distance_ratio": None}) == []
+    rows = alignment_summary({"distance_ratio": 0.9021, "cross_decode_spread": {
+        "mnist_to_svhn": {"ratio": 0.0683}, "svhn_to_mnist": {"ratio": 0.848}}})
+    assert [r[1] for r in rows] == ["0.902", "0.0683", "0.848"]
+    assert "unaligned" in rows[0][2] and "ignores mnist" in rows[1][2] and "vary" in rows[2][2]
+    assert "aligned: the experts agree" in alignment_summary({"distance_ratio": 0.3})[0][2]

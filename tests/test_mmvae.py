@@ -20,8 +20,11 @@ def test_generation():
         model.joint_generate(xs, 0)
 
 
-def test_dreg_keeps_decoder_gradients_of_iwae():
-    """DReG only changes the encoder's gradient estimator; decoder gradients equal IWAE's."""
+@pytest.mark.parametrize("looser", [False, True])
+def test_dreg_keeps_decoder_gradients_of_iwae(looser):
+    """DReG only changes the encoder's gradient estimator; decoder gradients equal IWAE's (of the
+    tight stratified bound, or with ``looser`` of the looser one: m_dreg_looser vs m_iwae_looser)."""
+    from engine import objectives as O
     from engine.models import build_model
     from tests.models_common import L, batch
 
@@ -32,11 +35,31 @@ def test_dreg_keeps_decoder_gradients_of_iwae():
     grads = {}
     for est in ("iwae", "dreg"):
         model.zero_grad()
-        model.base_objective(model(xs, 3, noise), est).sum().backward()
+        enc = model(xs, 3, noise)
+        if est == "dreg":
+            value = model.base_objective(enc, "dreg", looser=looser)
+        else:
+            value = O.looser(model.log_weights(enc), 2) if looser else model.base_objective(enc, "iwae")
+        value.sum().backward()
         grads[est] = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
     for k in (k for k in grads["iwae"] if "decoder" in k):
         assert torch.allclose(grads["iwae"][k], grads["dreg"][k], atol=1e-8, rtol=1e-6), k
     assert any(not torch.allclose(grads["iwae"][k], grads["dreg"][k]) for k in grads["iwae"] if "encoder" in k)
+
+
+def test_dreg_looser_normalises_within_each_stratum():
+    """With one stratum the looser and tight DReG surrogates agree; with two, the looser one is the
+    mean over strata of each stratum's own self-normalised sum (a loop over strata as reference)."""
+    from engine import objectives as O
+
+    g = torch.Generator().manual_seed(3)
+    lw = torch.randn(8, 5, generator=g, dtype=torch.float64) * 4
+    one = [torch.zeros(8, 5, 2, dtype=torch.float64)]
+    assert torch.allclose(O.dreg(lw, one, looser=True), O.dreg(lw, one))
+    two = [torch.zeros(4, 5, 2, dtype=torch.float64) for _ in range(2)]
+    ref = torch.stack([(torch.softmax(lw[s * 4:(s + 1) * 4], 0) * lw[s * 4:(s + 1) * 4]).sum(0) for s in range(2)]).mean(0)
+    assert torch.allclose(O.dreg(lw, two, looser=True), ref)
+    assert not torch.allclose(O.dreg(lw, two, looser=True), O.dreg(lw, two))
 
 
 def _cub_items(n_img, n_cap, V=30, F=12):

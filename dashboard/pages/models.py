@@ -52,4 +52,11 @@ for run in chosen:
     else:
         table = logic.metrics_table({run.name: metrics})
         st.dataframe(table, width="stretch")
+        rows = logic.alignment_summary(metrics.get("alignment"))
+        if rows:
+            st.markdown("**Expert alignment** (`engine evaluate`: 1 = unaligned for the distance ratio, "
+                        "0 = decoder ignores the other expert for the spread)")
+            for col, (label, value, meaning) in zip(st.columns(len(rows)), rows):
+                col.metric(label, value, help=meaning)
+                col.caption(meaning)
     st.divider()

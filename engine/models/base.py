@@ -58,6 +58,12 @@ class MultimodalVAE(nn.Module):
         self.prior_raw = nn.Parameter(raw, requires_grad=learn_prior)
         self.register_buffer("llik_scaling", torch.tensor(likelihood_scaling(modalities)))
 
+    def set_precision(self, precision: str) -> "MultimodalVAE":
+        """Run every modality's networks in ``precision`` ('fp32' or 'bf16'); the rest stays fp32."""
+        for mod in self.mods:
+            mod.set_precision(precision)
+        return self
+
     @property
     def n_modalities(self) -> int:
         return len(self.mods)

@@ -81,23 +81,25 @@ def posterior_scale(family: str, raw: torch.Tensor) -> torch.Tensor:
 class _L1(torch.autograd.Function):
     """sum_d |x - loc| over the last ``k`` dims, with broadcasting and a lean backward.
 
-    Autograd's chain (sub, abs, sum) keeps several full-size temporaries; this recomputes
-    sign(loc - x) once in backward and reduces it to each input's shape.
+    Autograd's chain (sub, abs, sum) keeps several full-size temporaries; this makes one in the
+    forward (abs in place) and one in the backward (sign and scale in place), and reduces it to
+    each input's shape. Negatives score every decode against N other items, so these
+    (K, N, B, D) temporaries are the contrastive step's largest memory traffic.
     """
 
     @staticmethod
     def forward(ctx, loc, x, k):
         ctx.save_for_backward(loc, x)
         ctx.k = k
-        return (x - loc).abs().flatten(-k).sum(-1)
+        return torch.sub(x, loc).abs_().flatten(-k).sum(-1)
 
     @staticmethod
     def backward(ctx, g):
         loc, x = ctx.saved_tensors
         g = g.reshape(*g.shape, *([1] * ctx.k))
-        s = torch.sign(loc - x).mul_(g)
+        s = torch.sub(loc, x).sign_().mul_(g)
         g_loc = s.sum_to_size(loc.shape) if ctx.needs_input_grad[0] else None
-        g_x = (-s).sum_to_size(x.shape) if ctx.needs_input_grad[1] else None
+        g_x = s.sum_to_size(x.shape).neg() if ctx.needs_input_grad[1] else None
         return g_loc, g_x, None
 
 

@@ -148,10 +148,11 @@ class MMVAE(MultimodalVAE):
         """Stratified log weights of the mixture posterior (Shi et al. 2019's m_iwae)."""
         return [self.log_weights(enc)], 0.0
 
-    def base_objective(self, enc, estimator="iwae"):
-        """Stratified IWAE (or DReG surrogate, or ELBO) of the mixture posterior."""
+    def base_objective(self, enc, estimator="iwae", looser=False):
+        """Stratified IWAE (or DReG surrogate, or ELBO) of the mixture posterior; ``looser`` asks
+        for the DReG surrogate of the looser stratified bound (``objectives.dreg``)."""
         if estimator == "dreg":
-            return O.dreg(self.log_weights(enc, detach_q=True), enc.z)
+            return O.dreg(self.log_weights(enc, detach_q=True), enc.z, looser)
         return super().base_objective(enc, estimator)
 
     def joint_posterior(self, xs):

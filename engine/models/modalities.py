@@ -3,6 +3,12 @@
 A modality maps data to posterior parameters (loc, raw scale), maps latents of any leading shape
 (..., L) to likelihood parameters in one batched decoder call, and scores data under those
 parameters with broadcasting over leading dimensions.
+
+Mixed precision lives here: with ``set_precision("bf16")`` the encoder and decoder networks run
+under bf16 autocast (their matmuls and convolutions), and what they return is cast back to fp32,
+so likelihoods, log weights, log-sum-exps and the optimiser never see bf16. Convolutional
+modalities keep their weights and activations channels-last (NHWC), the layout oneDNN's CPU
+convolutions are fastest in.
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ import torch.nn.functional as F
 
 from engine.models.distributions import l1_distance
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 class Modality(nn.Module):
     """Base: subclasses set ``encoder``, ``decoder``, ``event_shape`` and implement the likelihood."""
@@ -22,20 +30,41 @@ class Modality(nn.Module):
     event_shape: tuple[int, ...] = ()
     n_dims: int = 1            # the data's dimension count, used for likelihood scaling
     dtype: torch.dtype = torch.float32
+    channels_last: bool = False  # convolutional networks: weights and activations in NHWC
 
     def __init__(self, latent_dim: int):
         super().__init__()
         self.latent_dim = latent_dim
+        self.compute_dtype = torch.float32
+
+    def set_precision(self, precision: str) -> "Modality":
+        """'bf16': networks under bf16 autocast (outputs back in fp32); 'fp32': plain fp32."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        self.compute_dtype = PRECISIONS[precision]
+        return self
+
+    def _run(self, net, x: torch.Tensor) -> torch.Tensor:
+        """``net(x)`` in the modality's compute precision and layout; contiguous, and back in fp32
+        after bf16 autocast (other dtypes, e.g. a float64 test model, are left as they are)."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        low = self.compute_dtype != torch.float32 and x.device.type in ("cpu", "cuda")
+        with torch.autocast(x.device.type, self.compute_dtype, enabled=low):
+            out = net(x)
+        if low and out.is_floating_point():
+            out = out.float()
+        return out.contiguous()
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters (loc, raw scale), each (B, L)."""
-        h = self.encoder(x)
+        h = self._run(self.encoder, x)
         return h[..., : self.latent_dim], h[..., self.latent_dim:]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Likelihood parameters for latents (..., L), decoded in one call over all leading dims."""
         lead = z.shape[:-1]
-        out = self.decoder(z.reshape(-1, z.shape[-1]))
+        out = self._run(self.decoder, z.reshape(-1, z.shape[-1]))
         return out.reshape(*lead, *out.shape[1:])
 
     def log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +132,7 @@ class SVHN(LaplaceModality):
     name = "svhn"
     event_shape = (3, 32, 32)
     n_dims = 3072
+    channels_last = True
 
     def __init__(self, latent_dim: int = 20):
         super().__init__(latent_dim)
@@ -118,6 +148,7 @@ class SVHN(LaplaceModality):
             nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(),
             nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
             nn.ConvTranspose2d(32, 3, 4, 2, 1), nn.Sigmoid())
+        self.to(memory_format=torch.channels_last)
 
 
 class CUBImage(LaplaceModality):
@@ -154,6 +185,7 @@ class CUBSentence(Modality):
     max_len = 32
     emb_dim = 128
     dtype = torch.long
+    channels_last = True
 
     def __init__(self, latent_dim: int = 64, vocab_size: int = 1590):
         super().__init__(latent_dim)
@@ -182,9 +214,10 @@ class CUBSentence(Modality):
             nn.ConvTranspose2d(32, 1, 4, 2, 1), nn.ReLU(),
             nn.Flatten(1, 2),                      # (B, 32, 128)
             nn.Linear(self.emb_dim, vocab_size))   # Word Emb.T -> logits (B, 32, V)
+        self.to(memory_format=torch.channels_last)
 
     def encoder(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.embedding(x).unsqueeze(1))
+        return self.conv(self.embedding(x).unsqueeze(1).contiguous(memory_format=torch.channels_last))
 
     @staticmethod
     def token_mask(x: torch.Tensor, eos: int = 1) -> torch.Tensor:
