@@ -199,7 +199,7 @@ def test_paired_batch_equals_stacked_items():
 def test_build_mnist_svhn_fraction(monkeypatch, tmp_path):
     monkeypatch.setenv("CMVAE_CACHE", str(tmp_path))
 
-    def small_svhn(split, source="offline", root=None, download=False):
+    def small_svhn(split, source="offline", root=None, download=False, progress=True):
         x, y = synth_svhn.load_svhn_synthetic(split, n_train=3000, n_test=600)
         return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(y)
 
