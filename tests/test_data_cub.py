@@ -226,7 +226,8 @@ def test_test_split_first_then_the_rest_equals_one_full_build(tiny, tmp_path, mo
     calls = []
     monkeypatch.setattr("engine.data.features.extract_features",
                         lambda images, *a, **k: calls.append(len(images)) or _path_features(images))
-    root = Path(shutil.copytree(tiny, tmp_path / "root"))
+    fresh_copy = shutil.ignore_patterns("features_*", "vocab.json")      # the images, none of the caches
+    root = Path(shutil.copytree(tiny, tmp_path / "root", ignore=fresh_copy))
     cfg = DataConfig(dataset="cub-synthetic", root=str(root), seed=1)
     test_only = build_cub(cfg, progress=False, splits=("test",))
     n_test = len(load_cub(root, "test").keys)
@@ -235,7 +236,7 @@ def test_test_split_first_then_the_rest_equals_one_full_build(tiny, tmp_path, mo
     full = build_cub(cfg, progress=False)
     assert calls == [n_test, N_IMAGES - n_test]                 # only the train images were added
     fresh = tmp_path / "fresh"
-    shutil.copytree(tiny, fresh)
+    shutil.copytree(tiny, fresh, ignore=fresh_copy)
     one_pass = build_cub(DataConfig(dataset="cub-synthetic", root=str(fresh), seed=1), progress=False)
     for s in ("train", "test"):
         assert torch.equal(full.unimodal[s]["image"][0], one_pass.unimodal[s]["image"][0])
