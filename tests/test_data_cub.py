@@ -270,3 +270,18 @@ def _features_with_progress(images, model_name, batch_size=32, download=False, p
     for i in range(len(images) + 1):
         report(i, len(images), "features")
     return _path_features(images)
+
+
+def test_data_prepare_builds_the_offline_birds_and_their_features(tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+
+    monkeypatch.setattr("engine.data.features.extract_features", _features_with_progress)
+    monkeypatch.setattr(sb, "N_IMAGES", 12)
+    monkeypatch.setattr(sb, "IMAGE_SIZE", 32)
+    monkeypatch.setenv("CMVAE_CACHE", str(tmp_path))
+    assert main(["data", "prepare", "--dataset", "cub-synthetic"]) == 0
+    root = tmp_path / "cub-synthetic"
+    keys = json.loads((root / "features_efficientnet-lite0.json").read_text())
+    assert sorted(keys) == sorted(load_cub(root, "train").keys + load_cub(root, "test").keys) and len(keys) == 12
+    out = capsys.readouterr()
+    assert "cub-synthetic:" in out.out and "ready" in out.out and sb.DRAWING in out.err
