@@ -299,3 +299,17 @@ def append_history(history: list[dict], point: dict, max_len: int = 2000) -> lis
     if point and "step" in point and (not history or history[-1].get("step") != point.get("step")):
         history = [*history, point][-max_len:]
     return history
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as people read them, 3 significant figures: '42.5 s', '2.15 min'."""
+    return f"{seconds:.3g} s" if seconds < 60 else f"{seconds / 60:.3g} min"
+
+
+def progress_text(done: int, total: int, what: str, elapsed: float, done_here: int) -> str:
+    """'what: done / total · rate/s · time left' for a build stage; ``done_here`` items took ``elapsed`` s."""
+    text = f"{what}: {done:,} / {total:,}"
+    if done_here > 0 and elapsed > 0 and done < total:
+        rate = done_here / elapsed
+        text += f" · {rate:.3g}/s · {duration_text((total - done) / rate)} left"
+    return text

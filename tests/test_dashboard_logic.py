@@ -184,3 +184,12 @@ def test_runs_finder_reads_configs_and_flags_problems(tmp_path, monkeypatch):
     assert "unreadable" in found["broken"].problem
     assert [r.name for r in runs.find_runs(dataset="cub")] == []
     assert runs.datasets(list(found.values())) == ["mnist-svhn", "?"]
+
+
+def test_progress_text_gives_counts_rate_and_time_left_to_three_figures():
+    assert logic.progress_text(300, 600, "features", elapsed=14.0, done_here=300) == \
+        "features: 300 / 600 · 21.4/s · 14 s left"
+    assert logic.progress_text(10, 3000, "birds", elapsed=0.1, done_here=1) == "birds: 10 / 3,000 · 10/s · 4.98 min left"
+    assert logic.progress_text(0, 600, "features", elapsed=0.0, done_here=0) == "features: 0 / 600"
+    assert logic.progress_text(600, 600, "features", elapsed=28.0, done_here=600) == "features: 600 / 600"
+    assert logic.duration_text(42.456) == "42.5 s" and logic.duration_text(129) == "2.15 min"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -21,6 +22,7 @@ from engine.progress import ProgressArg, reporter
 FEATURE_DIMS = {"efficientnet-lite0": 1280, "resnet101": 2048}
 FEATURE_NAMES = {"efficientnet-lite0": "EfficientNet-Lite0", "resnet101": "ResNet-101"}
 RESIZE, CROP = 256, 224                      # standard ImageNet evaluation geometry
+SAVE_EVERY = 256                             # images featurised between saves of the cache
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -75,8 +77,10 @@ def _resnet101(download: bool) -> torch.nn.Module:
     return model.eval()
 
 
+@lru_cache(maxsize=2)
 def feature_model(model_name: str, download: bool = False) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-    """(network mapping normalised images to pooled features, pixel normaliser) for a model name."""
+    """(network mapping normalised images to pooled features, pixel normaliser) for a model name,
+    loaded once per process (a feature cache is filled in blocks)."""
     if model_name == "efficientnet-lite0":
         from engine.models.efficientnet_lite import load_efficientnet_lite0, preprocess
 
@@ -137,7 +141,8 @@ def cached_features(folder: Path, keys: Sequence[str], paths: Sequence[Path], mo
     """Features of ``paths`` in ``keys`` order, read from ``folder`` or computed and saved there.
 
     Only keys not stored yet are computed; they are appended to the stored ones (same two files),
-    so a viewer can ask for the test images first and the train images later.
+    so a viewer can ask for the test images first and the train images later. They are saved every
+    ``SAVE_EVERY`` images, so an interrupted build (a dashboard rerun) keeps what it had done.
     """
     folder = Path(folder)
     array_path = folder / f"features_{model_name}.npy"
@@ -146,16 +151,24 @@ def cached_features(folder: Path, keys: Sequence[str], paths: Sequence[Path], mo
     stored_keys, stored = _read_cache(array_path, keys_path, model_name)
     position = {k: i for i, k in enumerate(stored_keys)}
     missing = [i for i, k in enumerate(keys) if k not in position]
-    if missing:
-        new = extract_features([paths[i] for i in missing], model_name, download=download, progress=progress)
-        for j, i in enumerate(missing):
+    report = reporter(progress)
+    for start in range(0, len(missing), SAVE_EVERY):
+        block = missing[start:start + SAVE_EVERY]
+        new = extract_features([paths[i] for i in block], model_name, download=download,
+                               progress=lambda d, t, w, s=start: report(s + d, len(missing), w))
+        for j, i in enumerate(block):
             position[keys[i]] = len(stored_keys) + j
-        stored_keys = stored_keys + [keys[i] for i in missing]
+        stored_keys = stored_keys + [keys[i] for i in block]
         stored = np.concatenate([stored, new]) if len(stored) else new
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp_keys, tmp_array = keys_path.with_suffix(".tmp"), array_path.with_suffix(".tmp.npy")
-        tmp_keys.write_text(json.dumps(stored_keys))
-        np.save(tmp_array, stored)
-        os.replace(tmp_keys, keys_path)
-        os.replace(tmp_array, array_path)
+        _write_cache(array_path, keys_path, stored_keys, stored)
     return stored[[position[k] for k in keys]]
+
+
+def _write_cache(array_path: Path, keys_path: Path, keys: list[str], features: np.ndarray) -> None:
+    """Replace a feature cache's two files (each atomically)."""
+    array_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_keys, tmp_array = keys_path.with_suffix(".tmp"), array_path.with_suffix(".tmp.npy")
+    tmp_keys.write_text(json.dumps(keys))
+    np.save(tmp_array, features)
+    os.replace(tmp_array, array_path)
+    os.replace(tmp_keys, keys_path)
