@@ -13,6 +13,10 @@
     in the app), classification_report, the operating point, the four figures (histogram, confusion, ROC,
     PR) and their serialisation as st.plotly_chart does it. Scores: the saved PMI of the first run that
     has pmi_*.npy, else 1,000 + 1,000 synthetic scores (the page's default pair count).
+(c) Cold cache, per page: the same with an empty ``$CMVAE_CACHE``; from opening the page, seconds until
+    anything besides the title is visible (a status box, progress bar, alert, form, metric or chart) and
+    until the page's content is (Retrieval: its caption query, after the test split's birds and features
+    are built; Generations: its form).
 Prints a Markdown table.
 """
 from __future__ import annotations
@@ -55,7 +59,25 @@ CONTENT = {
         if (document.body.innerText.includes('No checkpoints')) return 'no-checkpoint notice';
         return null; }""",
 }
-PATHS = {"models": "", "relatedness": "relatedness"}
+PATHS = {"models": "", "relatedness": "relatedness", "retrieval": "retrieval", "generations": "generations"}
+CONTENT["retrieval"] = """() => {""" + DONE + """
+        if ([...document.querySelectorAll('label')].some(l => l.innerText.includes('Caption')))
+            return 'caption query form';
+        return null; }"""
+CONTENT["generations"] = """() => {""" + DONE + """
+        if ([...document.querySelectorAll('button')].some(b => b.innerText.includes('Generate')))
+            return 'generation form';
+        return null; }"""
+# Anything a person sees besides the title: a status box / progress bar, an alert, a form, a metric or a chart.
+VISIBLE = """() => {
+    const main = document.querySelector('[data-testid="stMain"]') || document.body;
+    const sel = '[data-testid="stExpander"], [data-testid="stProgress"], [data-testid="stAlert"], '
+              + '[data-testid="stForm"], [data-testid="stMetricValue"], .js-plotly-plot, [data-testid="stSpinner"]';
+    const el = [...main.querySelectorAll(sel)].find(e => e.offsetParent !== null);
+    return el ? (el.getAttribute('data-testid') || 'chart') : null; }"""
+
+
+COLD_CACHE_PAGES = ("models", "relatedness", "generations", "retrieval")
 
 
 def free_port() -> int:
@@ -64,8 +86,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cold_start(browser, page: str, env: dict, timeout: float = 180.0) -> tuple[float, float, str]:
-    """(seconds to /_stcore/health, seconds to the page's main content, what was seen), from process start."""
+def cold_start(browser, page: str, env: dict, timeout: float = 400.0) -> tuple[float, float, str, float, float]:
+    """(seconds to /_stcore/health, seconds to the page's main content, what was seen), from process start,
+    then (seconds to anything visible, seconds to the main content), from opening the page."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     ctx = browser.new_context(viewport={"width": 1440, "height": 1200})
@@ -87,9 +110,12 @@ def cold_start(browser, page: str, env: dict, timeout: float = 180.0) -> tuple[f
             except OSError:
                 time.sleep(0.05)
         healthy = time.perf_counter() - t0
+        opened = time.perf_counter()
         pg.goto(f"{url}/{PATHS[page]}")
+        pg.wait_for_function(VISIBLE, polling=50, timeout=timeout * 1000)
+        visible = time.perf_counter() - opened
         seen = pg.wait_for_function(CONTENT[page], polling=50, timeout=timeout * 1000).json_value()
-        return healthy, time.perf_counter() - t0, seen
+        return healthy, time.perf_counter() - t0, seen, visible, time.perf_counter() - opened
     finally:
         ctx.close()
         proc.terminate()
@@ -159,9 +185,14 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             try:
                 for page in ("models", "relatedness"):
-                    healthy, shown, seen = cold_start(browser, page, env)
+                    healthy, shown, seen, _, _ = cold_start(browser, page, env)
                     rows.append((f"cold start → {page.capitalize()} page rendered ({seen})", f"{shown:.1f} s",
                                  f"server healthy after {healthy:.1f} s"))
+                for page in COLD_CACHE_PAGES:
+                    with tempfile.TemporaryDirectory() as cache:
+                        _, _, seen, visible, ready = cold_start(browser, page, {**env, "CMVAE_CACHE": cache})
+                    rows.append((f"empty $CMVAE_CACHE → {page.capitalize()} page: first visible / ready ({seen})",
+                                 f"{visible:.3g} s / {ready:.3g} s", "from opening the page"))
             finally:
                 browser.close()
     related, unrelated, source = threshold_scores(checkpoints)

@@ -321,3 +321,17 @@ def alignment_summary(alignment: dict | None) -> list[tuple[str, str, str]]:
                      f"the {dst} decoder ignores {src} latents (one output for every item)" if s["ratio"] < 0.25 else
                      f"{dst} outputs vary with the {src} input"))
     return rows
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as people read them, 3 significant figures: '42.5 s', '2.15 min'."""
+    return f"{seconds:.3g} s" if seconds < 60 else f"{seconds / 60:.3g} min"
+
+
+def progress_text(done: int, total: int, what: str, elapsed: float, done_here: int) -> str:
+    """'what: done / total · rate/s · time left' for a build stage; ``done_here`` items took ``elapsed`` s."""
+    text = f"{what}: {done:,} / {total:,}"
+    if done_here > 0 and elapsed > 0 and done < total:
+        rate = done_here / elapsed
+        text += f" · {rate:.3g}/s · {duration_text((total - done) / rate)} left"
+    return text

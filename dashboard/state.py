@@ -48,20 +48,56 @@ def load_model(path: str, mtime: float):
     return engine.load(path, device=device())
 
 
+SPLITS = ("train", "test")
+_BUILT: set[tuple[str, tuple[str, ...]]] = set()     # (config, splits) built with progress in this process
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
-def load_data(data_config_json: str):
-    """The dataset a run was trained on (engine.registry.build_data), once per config."""
+def load_data(data_config_json: str, splits: tuple[str, ...] = SPLITS, _built=None):
+    """The dataset a run was trained on (engine.registry.build_data), once per config and splits.
+
+    ``_built`` is data the caller has just built with its progress shown (``build_data``): it becomes
+    the entry, so the build never runs inside this cached function, whose elements would be replayed.
+    """
+    if _built is not None:
+        return _built
     from engine.config import DataConfig
     from engine.registry import build_data
 
-    return build_data(DataConfig(**json.loads(data_config_json)))
+    return build_data(DataConfig(**json.loads(data_config_json)), progress=False, splits=splits)
 
 
-def data_for(model):
-    """The (cached) data of a loaded model's config."""
+def data_key(data_config: dict) -> str:
+    """The cache key of a data config (a run's config.json "data" or a DataConfig as a dict),
+    normalised through DataConfig so both spell it the same."""
     import dataclasses
 
-    return load_data(json.dumps(dataclasses.asdict(model.config.data), sort_keys=True))
+    from engine.config import DataConfig
+
+    return json.dumps(dataclasses.asdict(DataConfig(**data_config)), sort_keys=True)
+
+
+def is_built(data_config: dict, splits: tuple[str, ...]) -> bool:
+    """Whether this process already holds the data (so a page needs no progress display)."""
+    return (data_key(data_config), splits) in _BUILT
+
+
+def build_data(data_config: dict, splits: tuple[str, ...], progress):
+    """Build the data (drawing, rendering, featurising what the disk caches lack) reporting to
+    ``progress(done, total, what)``, and keep it as ``load_data``'s entry."""
+    from engine.config import DataConfig
+    from engine.registry import build_data as build
+
+    data = build(DataConfig(**data_config), progress=progress, splits=splits)
+    _BUILT.add((data_key(data_config), splits))
+    return load_data(data_key(data_config), splits, _built=data)
+
+
+def data_for(model, splits: tuple[str, ...] = SPLITS):
+    """The (cached) data of a loaded model's config, for ``splits``."""
+    import dataclasses
+
+    return load_data(data_key(dataclasses.asdict(model.config.data)), splits)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -79,7 +115,7 @@ def compute_relatedness(path: str, mtime: float, n_pairs: int, K: int, seed: int
     from engine.relatedness import evaluate_relatedness
 
     model = load_model(path, mtime)
-    return evaluate_relatedness(model, data_for(model), n_pairs=n_pairs, K=K, seed=seed)
+    return evaluate_relatedness(model, data_for(model, ("test",)), n_pairs=n_pairs, K=K, seed=seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -96,7 +132,7 @@ def generations(path: str, mtime: float, mode: str, n: int, seed: int) -> dict:
     from engine.generate import generations as gen
 
     model = load_model(path, mtime)
-    return gen(model, data_for(model), mode, n, seed)
+    return gen(model, data_for(model, ("test",)), mode, n, seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

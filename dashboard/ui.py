@@ -108,3 +108,50 @@ def load_model(run: R.RunInfo):
 def feature_missing(what: str, module: str) -> None:
     st.info(f"{what} is not available yet: the engine module `engine.{module}` is missing or incomplete. "
             "The rest of the dashboard works without it.")
+
+
+class StatusProgress:
+    """An engine ``progress(done, total, what)`` callable drawn as an st.status label and progress bar."""
+
+    REFRESH_S = 0.25                 # at most four bar updates a second (a build may report every item)
+
+    def __init__(self, box):
+        import time
+
+        self.clock, self.box, self.bar = time.perf_counter, box, box.progress(0.0)
+        self.what, self.start, self.first, self.shown = None, 0.0, 0, 0.0
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        from dashboard.logic import progress_text
+
+        now = self.clock()
+        if what != self.what:
+            self.what, self.start, self.first = what, now, done
+            self.box.update(label=f"Building the data this page needs (one-off): {what.lower()} ...")
+        elif now - self.shown < self.REFRESH_S and done < total:
+            return
+        self.shown = now
+        self.bar.progress(min(1.0, done / total) if total else 1.0,
+                          text=progress_text(done, total, what, now - self.start, done - self.first))
+
+
+def data_for(run: R.RunInfo, splits: tuple[str, ...] = state.SPLITS):
+    """The run's data for ``splits``; the first time in this process it is built inside an st.status
+    whose progress bar the engine's builders feed (what, items done / total, rate, time left)."""
+    import time
+
+    cfg = run.config.get("data", {})
+    if state.is_built(cfg, splits):
+        return state.load_data(state.data_key(cfg), splits)
+    which = " and ".join(splits)
+    start = time.perf_counter()
+    with st.status(f"Loading the {run.dataset} data ({which} split{'s' if len(splits) > 1 else ''}) ...",
+                   expanded=True) as box:
+        try:
+            data = state.build_data(cfg, splits, StatusProgress(box))
+        except engine_errors():
+            box.update(label=f"Building the {run.dataset} data failed", state="error")
+            raise
+        box.update(label=f"{run.dataset} data ready ({which}; {time.perf_counter() - start:.3g} s)",
+                   state="complete", expanded=False)
+    return data

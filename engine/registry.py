@@ -25,15 +25,18 @@ def variant_name(family: str, contrastive: str | None) -> str:
     return prefix + FAMILY_NAMES[family]
 
 
-def build_data(cfg):
-    """Load the dataset a DataConfig names (imported lazily: CUB pulls in feature extraction)."""
+def build_data(cfg, progress=True, splits=("train", "test")):
+    """Load the dataset a DataConfig names (imported lazily: CUB pulls in feature extraction).
+
+    ``splits``: build only these (e.g. ("test",) for a viewer); ``progress``: see ``engine.progress``.
+    """
     if cfg.dataset == "mnist-svhn":
         from engine.data.mnist_svhn import build_mnist_svhn
 
-        return build_mnist_svhn(cfg)
+        return build_mnist_svhn(cfg, progress, splits)
     from engine.data.cub import build_cub
 
-    return build_cub(cfg)
+    return build_cub(cfg, progress, splits)
 
 
 def model_from_config(cfg):

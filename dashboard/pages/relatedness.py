@@ -69,6 +69,11 @@ def scores_of(run, slot: int):
     req = st.session_state.get(req_key)
     if req is None:
         return None
+    try:
+        with ui.guarded("Loading the test pairs"):
+            ui.data_for(run, ("test",))
+    except ui.Handled:
+        return None
     model = ui.load_model(run)
     if model is None:
         return None

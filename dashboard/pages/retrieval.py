@@ -20,6 +20,11 @@ runs = ui.pick_runs("ret", dataset=dataset, container=st.sidebar, default_names=
 if not runs:
     st.stop()
 run = runs[0]
+try:
+    with ui.guarded("Loading the CUB data"):
+        data = ui.data_for(run, ("test",))        # the test split only: its images and their features
+except ui.Handled:
+    st.stop()
 ret = state.engine_feature("retrieval", "captions_for_image", "images_for_caption")
 if ret is None:
     ui.feature_missing("Retrieval", "retrieval")
@@ -27,10 +32,6 @@ if ret is None:
 model = ui.load_model(run)
 if model is None:
     st.stop()
-
-
-with ui.section(), ui.guarded("Loading the CUB data"):
-    data = state.data_for(model)
 by = st.sidebar.radio("Rank by", ["features", "pmi"], key="ret_by",
                       format_func={"features": "feature distance (fast)", "pmi": "PMI (slow, model's own measure)"}.get)
 

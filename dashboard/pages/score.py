@@ -93,7 +93,7 @@ else:
             st.error(f"{up.name}: {e}")
             raise ui.Handled() from e
         with ui.guarded("Loading the CUB data"):
-            data = state.data_for(model)
+            data = ui.data_for(run)
         where = {i: (s, r) for s in ("train", "test") for r, i in enumerate(data.image_ids.get(s, []))}
         unknown_ids = sorted(set(pairs["image_id"]) - set(where))
         if unknown_ids:

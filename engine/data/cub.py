@@ -28,8 +28,9 @@ import torch
 from engine.config import DataConfig
 from engine.data.cache import cache_dir
 from engine.data.features import cached_features
-from engine.data.paired import MultimodalData, PairedDataset
+from engine.data.paired import SPLITS, MultimodalData, PairedDataset, check_splits, no_pairs
 from engine.errors import ConfigError, DataError
+from engine.progress import ProgressArg
 
 LAYOUT = ("<root>/CUB_200_2011/{images.txt, image_class_labels.txt, classes.txt, train_test_split.txt, "
           "images/<NNN.Class>/<stem>.jpg} and captions <root>/cub_text/text_c10/<NNN.Class>/<stem>.txt "
@@ -226,9 +227,9 @@ def _stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.nda
     return np.sort(order[rank < take])
 
 
-def _synthetic_root(cfg: DataConfig) -> Path:
+def _synthetic_root(cfg: DataConfig, progress: ProgressArg = True) -> Path:
     """The synthetic set's root, generated there (via a temporary folder) if it does not exist yet."""
-    from engine.data.synth_birds import write_synthetic_cub
+    from engine.data import synth_birds
 
     root = Path(cfg.root).expanduser() if cfg.root else cache_dir() / "cub-synthetic"
     if (root / "CUB_200_2011" / "images.txt").is_file():
@@ -238,7 +239,8 @@ def _synthetic_root(cfg: DataConfig) -> Path:
                         f"empty it or choose another root")
     print(f"generating the synthetic CUB set in {root} (one-off) ...", flush=True)
     tmp = root.with_name(root.name + ".partial")
-    write_synthetic_cub(tmp)
+    synth_birds.write_synthetic_cub(tmp, synth_birds.N_IMAGES, image_size=synth_birds.IMAGE_SIZE,
+                                    progress=progress)
     root.parent.mkdir(parents=True, exist_ok=True)
     if root.exists():
         root.rmdir()
@@ -264,15 +266,20 @@ def _split_tensors(rec: CubRecords, keep: np.ndarray, features: np.ndarray, voca
     return torch.from_numpy(features[keep]), vocab.encode_many(text), caption_image, labels, text
 
 
-def build_cub(cfg: DataConfig) -> CubData:
+def build_cub(cfg: DataConfig, progress: ProgressArg = True, splits: tuple[str, ...] = SPLITS) -> CubData:
     """Image–caption pairs of CUB ("cub": real files under cfg.root) or its synthetic stand-in.
 
     Every train/test image is paired with each of its captions; pair labels are class labels.
     ``data_fraction`` keeps that share of each train class's images (seeded by ``cfg.seed``).
+    ``splits`` are the splits whose image features are computed: a test-only build (what retrieval
+    needs) skips the train images' features; its ``train`` pairs are empty and ``unimodal``,
+    ``image_ids``, ... have no train entry (the vocabulary still comes from the train captions).
+    ``progress`` (see ``engine.progress``) hears of the birds drawn and the images featurised.
     """
     cfg.validate()
+    built = check_splits(splits)
     if cfg.dataset == "cub-synthetic":
-        root = _synthetic_root(cfg)
+        root = _synthetic_root(cfg, progress)
     elif cfg.dataset == "cub":
         if not cfg.root:
             raise DataError(f"dataset 'cub' needs a data root (--root) holding the CUB files: {LAYOUT}; "
@@ -280,20 +287,21 @@ def build_cub(cfg: DataConfig) -> CubData:
         root = Path(cfg.root).expanduser()
     else:
         raise ConfigError(f"build_cub handles 'cub' and 'cub-synthetic', not {cfg.dataset!r}")
-    records = {s: load_cub(root, s) for s in ("train", "test")}
+    records = {s: load_cub(root, s) for s in SPLITS}
     derived = _cache_folder(root)
-    keys = records["train"].keys + records["test"].keys
-    paths = records["train"].paths + records["test"].paths
-    features = cached_features(derived, keys, paths, cfg.features, cfg.download)
-    n_train = len(records["train"].keys)
-    split_features = {"train": features[:n_train], "test": features[n_train:]}
+    keys = [k for s in built for k in records[s].keys]
+    paths = [p for s in built for p in records[s].paths]
+    features = cached_features(derived, keys, paths, cfg.features, cfg.download, progress)
+    offsets = np.cumsum([0] + [len(records[s].keys) for s in built])
+    split_features = {s: features[offsets[i]:offsets[i + 1]] for i, s in enumerate(built)}
     vocab = Vocab.build([c for cs in records["train"].captions for c in cs])
     vocab.save(derived / "vocab.json")
 
     keep = {"train": _stratified_subset(records["train"].labels, cfg.data_fraction, cfg.seed),
             "test": np.arange(len(records["test"].keys))}
     pairs, unimodal, ids, img_paths, texts, cap_img = {}, {}, {}, {}, {}, {}
-    for s, rec in records.items():
+    for s in built:
+        rec = records[s]
         feats, caps, caption_image, labels, text = _split_tensors(rec, keep[s], split_features[s], vocab)
         index = torch.stack([caption_image, torch.arange(caps.shape[0])], dim=1)
         pairs[s] = PairedDataset((feats, caps), index, labels[caption_image], ("image", "caption"))
@@ -301,6 +309,8 @@ def build_cub(cfg: DataConfig) -> CubData:
         ids[s] = [rec.image_ids[i] for i in keep[s].tolist()]
         img_paths[s] = [rec.paths[i] for i in keep[s].tolist()]
         texts[s], cap_img[s] = text, caption_image
+    for s in SPLITS:
+        pairs.setdefault(s, no_pairs(pairs[built[0]]))
     kind = "synthetic CUB stand-in (procedural birds)" if cfg.dataset == "cub-synthetic" else "CUB-200-2011"
     return CubData(
         names=("image", "caption"), train=pairs["train"], test=pairs["test"], unimodal=unimodal,

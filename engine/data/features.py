@@ -9,18 +9,20 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
-
 from engine.errors import ConfigError, DataError
+from engine.progress import ProgressArg, reporter
 
 FEATURE_DIMS = {"efficientnet-lite0": 1280, "resnet101": 2048}
+FEATURE_NAMES = {"efficientnet-lite0": "EfficientNet-Lite0", "resnet101": "ResNet-101"}
 RESIZE, CROP = 256, 224                      # standard ImageNet evaluation geometry
+SAVE_EVERY = 256                             # images featurised between saves of the cache
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -75,8 +77,10 @@ def _resnet101(download: bool) -> torch.nn.Module:
     return model.eval()
 
 
+@lru_cache(maxsize=2)
 def feature_model(model_name: str, download: bool = False) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-    """(network mapping normalised images to pooled features, pixel normaliser) for a model name."""
+    """(network mapping normalised images to pooled features, pixel normaliser) for a model name,
+    loaded once per process (a feature cache is filled in blocks)."""
     if model_name == "efficientnet-lite0":
         from engine.models.efficientnet_lite import load_efficientnet_lite0, preprocess
 
@@ -99,42 +103,72 @@ class _Features(torch.nn.Module):
 
 
 def extract_features(images: Sequence[Image.Image | str | Path], model_name: str, batch_size: int = 32,
-                     download: bool = False, progress: bool = True) -> np.ndarray:
-    """Pooled ImageNet features (N, F) float32 of PIL images or image paths, with a progress bar."""
+                     download: bool = False, progress: ProgressArg = True) -> np.ndarray:
+    """Pooled ImageNet features (N, F) float32 of PIL images or image paths.
+
+    ``progress`` (see ``engine.progress``) hears of every batch, and of 0 done before the network loads.
+    """
+    what = f"{FEATURE_NAMES.get(model_name, model_name)} features of the images"
+    report = reporter(progress)
+    report(0, len(images), what)
     net, normalise = feature_model(model_name, download)
     out = np.empty((len(images), FEATURE_DIMS[model_name]), dtype=np.float32)
     with _threads(os.cpu_count() or 1), torch.inference_mode():
-        bar = tqdm(total=len(images), desc=f"{model_name} features", unit="img", disable=not progress)
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             x = normalise(torch.stack([load_pixels(im) for im in chunk]))
             out[start:start + len(chunk)] = net(x).numpy()
-            bar.update(len(chunk))
-        bar.close()
+            report(start + len(chunk), len(images), what)
     return out
 
 
+def _read_cache(array_path: Path, keys_path: Path, model_name: str) -> tuple[list[str], np.ndarray]:
+    """(keys, features) stored in a feature cache, or ([], empty) if there is none or it has the wrong shape."""
+    if not (array_path.is_file() and keys_path.is_file()):
+        return [], np.empty((0, FEATURE_DIMS[model_name]), np.float32)
+    try:
+        stored_keys = json.loads(keys_path.read_text())
+        stored = np.load(array_path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"feature cache {array_path} is unreadable ({e}); delete it to recompute") from e
+    if stored.shape != (len(stored_keys), FEATURE_DIMS[model_name]):
+        return [], np.empty((0, FEATURE_DIMS[model_name]), np.float32)
+    return stored_keys, stored
+
+
 def cached_features(folder: Path, keys: Sequence[str], paths: Sequence[Path], model_name: str,
-                    download: bool = False) -> np.ndarray:
-    """Features of ``paths`` in ``keys`` order, read from ``folder`` or computed once and saved there."""
+                    download: bool = False, progress: ProgressArg = True) -> np.ndarray:
+    """Features of ``paths`` in ``keys`` order, read from ``folder`` or computed and saved there.
+
+    Only keys not stored yet are computed; they are appended to the stored ones (same two files),
+    so a viewer can ask for the test images first and the train images later. They are saved every
+    ``SAVE_EVERY`` images, so an interrupted build (a dashboard rerun) keeps what it had done.
+    """
     folder = Path(folder)
     array_path = folder / f"features_{model_name}.npy"
     keys_path = folder / f"features_{model_name}.json"
     keys = list(keys)
-    if array_path.is_file() and keys_path.is_file():
-        try:
-            stored_keys = json.loads(keys_path.read_text())
-            stored = np.load(array_path)
-        except (OSError, ValueError) as e:
-            raise DataError(f"feature cache {array_path} is unreadable ({e}); delete it to recompute") from e
-        if set(keys) <= set(stored_keys) and stored.shape == (len(stored_keys), FEATURE_DIMS[model_name]):
-            position = {k: i for i, k in enumerate(stored_keys)}
-            return stored[[position[k] for k in keys]]
-    feats = extract_features(list(paths), model_name, download=download)
-    folder.mkdir(parents=True, exist_ok=True)
+    stored_keys, stored = _read_cache(array_path, keys_path, model_name)
+    position = {k: i for i, k in enumerate(stored_keys)}
+    missing = [i for i, k in enumerate(keys) if k not in position]
+    report = reporter(progress)
+    for start in range(0, len(missing), SAVE_EVERY):
+        block = missing[start:start + SAVE_EVERY]
+        new = extract_features([paths[i] for i in block], model_name, download=download,
+                               progress=lambda d, t, w, s=start: report(s + d, len(missing), w))
+        for j, i in enumerate(block):
+            position[keys[i]] = len(stored_keys) + j
+        stored_keys = stored_keys + [keys[i] for i in block]
+        stored = np.concatenate([stored, new]) if len(stored) else new
+        _write_cache(array_path, keys_path, stored_keys, stored)
+    return stored[[position[k] for k in keys]]
+
+
+def _write_cache(array_path: Path, keys_path: Path, keys: list[str], features: np.ndarray) -> None:
+    """Replace a feature cache's two files (each atomically)."""
+    array_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_keys, tmp_array = keys_path.with_suffix(".tmp"), array_path.with_suffix(".tmp.npy")
     tmp_keys.write_text(json.dumps(keys))
-    np.save(tmp_array, feats)
-    os.replace(tmp_keys, keys_path)
+    np.save(tmp_array, features)
     os.replace(tmp_array, array_path)
-    return feats
+    os.replace(tmp_keys, keys_path)

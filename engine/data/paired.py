@@ -10,7 +10,9 @@ from typing import Iterator
 
 import torch
 
-from engine.errors import DataError
+from engine.errors import ConfigError, DataError
+
+SPLITS = ("train", "test")
 
 
 class PairedDataset(torch.utils.data.Dataset):
@@ -54,6 +56,19 @@ class PairedDataset(torch.utils.data.Dataset):
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             yield self.batch(order[start:start + batch_size])
+
+
+def check_splits(splits) -> tuple[str, ...]:
+    """The requested splits in canonical order; ConfigError unless they are a non-empty subset of SPLITS."""
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise ConfigError(f"splits must be some of {', '.join(SPLITS)}; got {', '.join(map(str, splits)) or 'none'}")
+    return tuple(s for s in SPLITS if s in splits)
+
+
+def no_pairs(like: PairedDataset) -> PairedDataset:
+    """An empty pair set shaped like ``like``: the split a partial build leaves out."""
+    return PairedDataset(tuple(x[:0] for x in like.modalities), like.index[:0], like.labels[:0], like.names)
 
 
 @dataclass

@@ -9,15 +9,17 @@ import torch
 from engine.data.mnist import _failure, _real_root, load_from_source
 from engine.data.synth_svhn import load_svhn_synthetic
 from engine.errors import DataError
+from engine.progress import ProgressArg
 
 
 def load_svhn(split: str, source: str = "offline", root: str | None = None,
-              download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              download: bool = False, progress: ProgressArg = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Load SVHN as float32 images (N,3,32,32) in [0,1] and int64 labels (N,) in 0..9.
 
-    Results are memoised per argument tuple; treat the returned tensors as read-only.
+    Results are memoised per argument tuple (``progress`` aside: it only hears of an offline render);
+    treat the returned tensors as read-only.
     """
-    return load_from_source(split, source, root, download, _offline, _real)
+    return load_from_source(split, source, root, download, lambda s: _offline(s, progress), _real)
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,11 +30,14 @@ def _to_tensors(images: np.ndarray, labels: np.ndarray, channels_last: bool) -> 
     return (x.to(torch.float32) / 255.0).contiguous(), torch.from_numpy(np.asarray(labels, dtype=np.int64))
 
 
-@lru_cache(maxsize=None)
-def _offline(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rendered house-number crops at the default sizes (cached on disk too)."""
-    images, labels = load_svhn_synthetic(split)
-    return _to_tensors(images, labels, channels_last=True)
+_OFFLINE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _offline(split: str, progress: ProgressArg) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered house-number crops at the default sizes, memoised per split (cached on disk too)."""
+    if split not in _OFFLINE:
+        _OFFLINE[split] = _to_tensors(*load_svhn_synthetic(split, progress=progress), channels_last=True)
+    return _OFFLINE[split]
 
 
 @lru_cache(maxsize=None)

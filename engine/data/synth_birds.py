@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from engine.progress import ProgressArg, reporter
+
 COLOURS = {
     "black": (28, 28, 32), "white": (242, 242, 236), "grey": (138, 140, 146),
     "brown": (122, 82, 46), "buff": (214, 184, 138), "rufous": (178, 88, 42),
@@ -95,6 +97,8 @@ PLAIN = ("black", "white", "grey", "brown", "buff", "rufous", "olive")
 BRIGHT = ("red", "orange", "yellow", "green", "blue", "purple", "pink")
 PALE = ("white", "buff", "grey", "yellow", "white")
 SWAP_PROBABILITY = 0.2
+DRAWING = "Drawing the synthetic birds"
+N_IMAGES, IMAGE_SIZE = 3000, 128     # the default set (``cub-synthetic`` without a root)
 SUPERSAMPLE = 2
 
 
@@ -542,18 +546,21 @@ def _class_counts(n_images: int, n_species: int) -> np.ndarray:
     return n_images // n_species + (np.arange(n_species) < n_images % n_species)
 
 
-def write_synthetic_cub(out: Path, n_images: int = 3000, seed: int = 0, image_size: int = 128,
-                        n_species: int | None = None) -> Path:
+def write_synthetic_cub(out: Path, n_images: int = N_IMAGES, seed: int = 0, image_size: int = IMAGE_SIZE,
+                        n_species: int | None = None, progress: ProgressArg = False) -> Path:
     """Write a synthetic CUB in the real CUB_200_2011 + cub_text/text_c10 layout; returns ``out``.
 
     ``n_species`` defaults to 150 (capped at ``n_images // 10``, at least 5) so each species has
     about 20 images. Also writes ``synthetic_attributes.json`` (image id → class and attributes).
+    ``progress`` (see ``engine.progress``) hears of every image drawn (about 9 ms each on a CPU).
     """
     out = Path(out)
+    report = reporter(progress)
     n_species = n_species or max(5, min(150, n_images // 10))
     if n_images < n_species:
         raise ValueError(f"n_images ({n_images}) must be >= n_species ({n_species})")
     species = make_species(n_species, seed)
+    report(0, n_images, DRAWING)
     cub, text = out / "CUB_200_2011", out / "cub_text"
     (cub / "images").mkdir(parents=True, exist_ok=True)
     (text / "text_c10").mkdir(parents=True, exist_ok=True)
@@ -576,6 +583,7 @@ def write_synthetic_cub(out: Path, n_images: int = 3000, seed: int = 0, image_si
             labels.append(f"{image_id} {cls}")
             split.append(f"{image_id} {0 if is_test else 1}")
             meta[str(image_id)] = {"path": f"{folder}/{stem}.jpg", "class_id": cls, "attributes": attrs}
+            report(image_id, n_images, DRAWING)
     folders = [f"{c:03d}.{sp['name']}" for c, sp in enumerate(species, start=1)]
     classes = [f"{c} {f}" for c, f in enumerate(folders, start=1)]
     (cub / "images.txt").write_text("\n".join(images) + "\n")

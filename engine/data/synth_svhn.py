@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from engine.data.cache import cache_dir
 from engine.data.mnist import check_split
+from engine.progress import ProgressArg, reporter
 
 GENERATOR_VERSION = 1        # bump whenever rendering changes, so stale caches are not reused
 SIZE = 32                    # output crop side, as in SVHN's cropped-digit format
@@ -193,14 +194,17 @@ def _compose(q: dict[str, np.ndarray], tex_rng: np.random.Generator, noise_rng: 
     return (img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def render_svhn(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def render_svhn(n: int, seed: int, progress: ProgressArg = False,
+                what: str = "Rendering the SVHN stand-in") -> tuple[np.ndarray, np.ndarray]:
     """Render ``n`` house-number crops: uint8 images (n,32,32,3) and int64 labels (n,).
 
     The label is the centred digit; neighbours (each present with p=0.65) are cut off at the
     left/right edges; foreground and background luma differ by at least ``MIN_CONTRAST``.
     Random streams are consumed image by image, so ``render_svhn(k, s)`` is a prefix of
-    ``render_svhn(n, s)`` for k <= n.
+    ``render_svhn(n, s)`` for k <= n. ``progress`` (see ``engine.progress``) hears of every chunk.
     """
+    report = reporter(progress)
+    report(0, n, what)
     atlas, half_w, half_h = glyph_atlas()
     param_rng, tex_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     params = _draw_params(param_rng.random((n, N_UNIFORMS)), half_w, half_h)
@@ -208,14 +212,16 @@ def render_svhn(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     for start in range(0, n, CHUNK):
         sl = slice(start, min(start + CHUNK, n))
         out[sl] = _compose({k: v[sl] for k, v in params.items()}, tex_rng, noise_rng, atlas, half_w, half_h)
+        report(sl.stop, n, what)
     return out, params["label"]
 
 
-def load_svhn_synthetic(split: str, n_train: int = 20000, n_test: int = 4000,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def load_svhn_synthetic(split: str, n_train: int = 20000, n_test: int = 4000, seed: int = 0,
+                        progress: ProgressArg = True) -> tuple[np.ndarray, np.ndarray]:
     """Rendered crops for a split, cached as ``.npz`` under ``cache_dir()/svhn-synthetic``.
 
     Train and test come from different seeds derived from ``seed``, so they never share crops.
+    ``progress`` (see ``engine.progress``) hears of the rendering when the split is not cached yet.
     """
     check_split(split)
     n = n_train if split == "train" else n_test
@@ -227,7 +233,7 @@ def load_svhn_synthetic(split: str, n_train: int = 20000, n_test: int = 4000,
     if path.is_file():
         with np.load(path) as z:
             return z["images"], z["labels"]
-    images, labels = render_svhn(n, derived)
+    images, labels = render_svhn(n, derived, progress, f"Rendering the SVHN stand-in ({split} split)")
     tmp = path.with_suffix(f".tmp{np.random.default_rng().integers(1 << 30)}.npz")
     np.savez(tmp, images=images, labels=labels)
     tmp.replace(path)
