@@ -107,9 +107,13 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
 def config_of(ck: dict, path: Any = "checkpoint") -> RunConfig:
     """The checkpoint's embedded RunConfig, validated (CheckpointError naming the file if not)."""
     try:
-        return RunConfig.from_dict(ck["config"]).validate()
+        cfg = RunConfig.from_dict(ck["config"]).validate()
     except ConfigError as e:
         raise CheckpointError(f"{path}: its embedded config is invalid: {e}") from e
+    if cfg.data.dataset != "mnist-svhn" and min(cfg.model.vocab_size, cfg.model.feature_dim) < 1:
+        raise CheckpointError(f"{path}: its config names dataset {cfg.data.dataset!r} but holds no caption "
+                              "vocabulary size or feature width (is it a checkpoint of another dataset?)")
+    return cfg
 
 
 def nonfinite_tensors(state: dict) -> list[str]:

@@ -203,7 +203,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
                 problem = f"{len(bad)} weight tensors hold NaN or inf at step {step}"
             elif h is not None and _diverged(h, best["iwae"], cfg.train.divergence_tolerance):
                 problem = (f"held-out IWAE {h:.1f} at step {step} is far below the best {best['iwae']:.1f} "
-                           f"(step {best['step']})")
+                           + (f"(step {best['step']})" if best_path.exists() else "(of the initial weights)"))
             if h is not None:
                 line = {"epoch": done_epochs, "step": step, "seconds": round(time.time() - t0, 3),
                         "skipped": skipped, **means, "test_iwae": h}
