@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 src=runs/shipped-src
 common=(--batch-size 32 --K 2 --negatives 5 --gamma 2 --lr 1e-3 --learn-prior --seed 0 --epochs 100
-        --no-progress --resume)
+        --no-progress --resume --allow-fresh)
 ship() {  # $1 = run name, then relatedness pairs / K, evaluation samples / test pairs / IWAE samples
   python -m engine export "$src/$1" --out "checkpoints/$1"
   python -m engine relatedness "checkpoints/$1" --pairs "$2" --K "$3" --json --device cpu

@@ -164,8 +164,10 @@ def start(name: str, argv: list[str], runs_root: Path, env: dict | None = None) 
     return job
 
 
-def cancel(runs_root: Path, wait: float = 5.0) -> Job | None:
-    """Terminate the active job's process group (SIGTERM, then SIGKILL after ``wait`` s)."""
+def cancel(runs_root: Path, wait: float = 30.0) -> Job | None:
+    """Terminate the active job's process group (SIGTERM, then SIGKILL after ``wait`` s).
+
+    On SIGTERM training finishes its step, saves checkpoint.pt and exits; ``wait`` leaves it time to."""
     job = active(runs_root)
     if job is None:
         return None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"               # engine.checkpoints.BEST_NAME: what engine.load reads from a run folder
 CONFIG = "config.json"
 
 
@@ -55,10 +56,15 @@ class RunInfo:
         return str(self.path)
 
     @property
+    def checkpoint(self) -> Path:
+        """The file engine.load reads from this folder: best.pt where there is one, else checkpoint.pt."""
+        return self.path / BEST if (self.path / BEST).is_file() else self.path / CHECKPOINT
+
+    @property
     def mtime(self) -> float:
-        """Modification time of the checkpoint (0 if missing): the cache key of everything derived."""
+        """Modification time of that checkpoint (0 if missing): the cache key of everything derived."""
         try:
-            return (self.path / CHECKPOINT).stat().st_mtime
+            return self.checkpoint.stat().st_mtime
         except OSError:
             return 0.0
 

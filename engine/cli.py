@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
 from engine.config import DATASETS, DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 from engine.registry import VARIANTS, parse_variant, variant_name
 
 # Modules that add their own subcommands through add_parser(subparsers).
@@ -44,6 +45,27 @@ def gamma_value(text: str) -> float:
     return v
 
 
+def positive_float(text: str) -> float:
+    v = float(text)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def nonnegative_float(text: str) -> float:
+    v = float(text)
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def positive_or_inf(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (or 'inf' for never), got {text}")
+    return v
+
+
 def nonnegative_int(text: str) -> int:
     v = int(text)
     if v < 0:
@@ -64,19 +86,46 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="CUB image features (resnet101 needs its weights on disk)")
 
 
+# Each train flag (argparse dest) and the RunConfig settings it sets.
+TRAIN_FLAGS = {
+    "model": ("variant",), "dataset": ("data.dataset",), "source": ("data.source",), "data_root": ("data.root",),
+    "download": ("data.download",), "data_fraction": ("data.data_fraction",), "dm": ("data.dm",),
+    "features": ("data.features",), "latent_dim": ("model.latent_dim",), "learn_prior": ("model.learn_prior",),
+    "alpha": ("model.alpha",), "K": ("objective.K",), "negatives": ("objective.N",), "gamma": ("objective.gamma",),
+    "dreg": ("objective.dreg",), "looser": ("objective.looser",), "epochs": ("train.epochs",),
+    "max_steps": ("train.max_steps",), "batch_size": ("train.batch_size",), "lr": ("train.lr",),
+    "seed": ("data.seed", "train.seed"), "device": ("train.device",), "max_nonfinite": ("train.max_nonfinite",),
+    "k_chunk": ("train.k_chunk",), "precision": ("train.precision",),
+    "checkpoint_every": ("train.checkpoint_every",), "checkpoint_minutes": ("train.checkpoint_minutes",),
+    "divergence_tolerance": ("train.divergence_tolerance",),
+}
+
+
 def config_from_args(a: argparse.Namespace) -> RunConfig:
     family, contrastive = parse_variant(a.model)
-    return RunConfig(
-        variant=variant_name(family, contrastive),
-        data=DataConfig(a.dataset, a.source, a.data_root, a.download, a.data_fraction, a.dm, a.seed, a.features),
-        model=ModelConfig(family, a.latent_dim or (20 if a.dataset == "mnist-svhn" else 64), a.learn_prior, a.alpha),
-        objective=ObjectiveConfig(contrastive, a.K, a.negatives, a.gamma, a.dreg, a.looser),
-        train=TrainConfig(a.epochs, a.max_steps, a.batch_size, a.lr, a.seed, a.device, a.max_nonfinite,
-                          a.k_chunk, a.precision),
-    ).validate()
+    cfg = RunConfig(data=DataConfig(), model=ModelConfig(), objective=ObjectiveConfig(), train=TrainConfig())
+    for dest, settings in TRAIN_FLAGS.items():
+        for setting in settings:
+            section, _, name = setting.rpartition(".")
+            setattr(getattr(cfg, section) if section else cfg, name, getattr(a, dest))
+    cfg.variant, cfg.model.family, cfg.objective.contrastive = variant_name(family, contrastive), family, contrastive
+    if a.latent_dim is None:
+        cfg.model.latent_dim = 20 if a.dataset == "mnist-svhn" else 64
+    return cfg.validate()
 
 
-def add_train_parser(sub) -> None:
+def given_settings(argv: list[str]) -> dict[str, str]:
+    """The settings the train flags typed in ``argv`` set (dotted name -> flag), defaults left out."""
+    parser = argparse.ArgumentParser(add_help=False)
+    train_parser = add_train_parser(parser.add_subparsers(dest="command"))
+    unset = object()
+    train_parser.set_defaults(**{dest: unset for dest in TRAIN_FLAGS})
+    a = parser.parse_args(argv)
+    return {s: "--" + d.replace("_", "-") for d, settings in TRAIN_FLAGS.items() if getattr(a, d) is not unset
+            for s in settings}
+
+
+def add_train_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one of the nine variants",
                        description="Train a variant; writes config.json, checkpoint.pt and metrics.jsonl to --out.")
     p.add_argument("--model", type=_variant, default="MMVAE", help=f"variant, case-insensitive: {', '.join(VARIANTS)}")
@@ -87,11 +136,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--K", type=positive_int, default=30, help="importance samples (default 30)")
     p.add_argument("--negatives", type=positive_int, default=5, help="N in-batch negatives per pair (default 5)")
     p.add_argument("--gamma", type=gamma_value, default=2.0, help="gamma of eq. (4) (default 2; inf = baseline)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--latent-dim", type=positive_int, default=None,
                    help="latent dimensions (default 20 for MNIST-SVHN, 64 for CUB as Shi et al. 2019)")
     p.add_argument("--learn-prior", action="store_true", help="learnable prior scale (MMVAE)")
-    p.add_argument("--alpha", type=float, default=0.01, help="JMVAE-kl weight (default 0.01)")
+    p.add_argument("--alpha", type=nonnegative_float, default=0.01, help="JMVAE-kl weight (default 0.01)")
     p.add_argument("--dreg", action="store_true", help="DReG gradients for the IWAE term (MMVAE; with --looser, "
                         "Shi et al. 2019's m_dreg_looser, their MNIST-SVHN setting)")
     p.add_argument("--looser", action="store_true",
@@ -106,21 +155,59 @@ def add_train_parser(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="bf16: encoders and decoders under bf16 autocast (CPU with AVX-512 BF16 or AMX, CUDA); "
                         "likelihoods, log weights and the optimiser stay fp32")
+    p.add_argument("--checkpoint-every", type=positive_int, default=500,
+                   help="save checkpoint.pt every this many steps (default 500)")
+    p.add_argument("--checkpoint-minutes", type=positive_or_inf, default=10.0,
+                   help="also save when this many minutes passed since the last save (default 10; inf: never)")
+    p.add_argument("--divergence-tolerance", type=positive_or_inf, default=1.0,
+                   help="stop when the held-out IWAE falls more than this times |best| below the best "
+                        "(default 1: twice as bad; inf: never)")
     p.add_argument("--out", default=None, help="run directory (default runs/<MODEL>-<dataset>-s<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint in --out where it stopped (an error if there is none)")
+    p.add_argument("--allow-fresh", action="store_true",
+                   help="with --resume: start a new run where --out holds no checkpoint yet")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
+    return p
 
 
 def run_train(a: argparse.Namespace) -> int:
+    from engine.checkpoints import BEST_NAME
+    from engine.errors import Interrupted
     from engine.train import read_metrics, train
 
+    if a.allow_fresh and not a.resume:
+        raise ConfigError("--allow-fresh only applies with --resume")
     cfg = config_from_args(a)
     out = Path(a.out or f"runs/{cfg.variant}-{cfg.data.dataset}-s{cfg.train.seed}")
-    ck = train(cfg, out, resume=a.resume, progress=not a.no_progress)
+    try:
+        ck = train(cfg, out, resume=a.resume, progress=not a.no_progress, allow_fresh=a.allow_fresh,
+                   given=given_settings(a.argv) if a.resume else None)
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print(f"interrupted: {_saved_state(out)}", file=sys.stderr)
+        return 130
     last = read_metrics(out)[-1:] or [{}]
-    print(json.dumps({"checkpoint": str(ck), **last[0]}, indent=2))
+    best = out / BEST_NAME
+    print(json.dumps({"checkpoint": str(ck), "best": str(best) if best.exists() else None, **last[0]}, indent=2))
     return 0
+
+
+def _saved_state(out: Path) -> str:
+    """What ``out`` holds for a user who stopped training: its checkpoint's step, or that there is none."""
+    from engine.checkpoints import CHECKPOINT_NAME, read_checkpoint
+
+    ck = out / CHECKPOINT_NAME
+    if not ck.is_file():
+        return f"no checkpoint was written to {out}; there is nothing to resume"
+    try:
+        step = read_checkpoint(ck).get("step", "?")
+    except EngineError as e:
+        return f"{ck} cannot be read ({e})"
+    return f"{ck} (step {step}) is kept; continue with --resume --out {out}"
 
 
 def add_data_parser(sub) -> None:
@@ -218,16 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept (use --resume to continue)", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
 
 
-__all__ = ["main", "build_parser", "add_data_args", "config_from_args"]
+__all__ = ["main", "build_parser", "add_data_args", "config_from_args", "given_settings", "TRAIN_FLAGS"]

@@ -19,3 +19,15 @@ class CheckpointError(EngineError):
 
 class TrainingError(EngineError):
     """Training cannot continue (for example, too many non-finite losses in a row)."""
+
+
+class Diverged(TrainingError):
+    """Training stopped because the held-out IWAE fell far below its best (or the weights went non-finite)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint; ``signum`` says which signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -157,6 +157,7 @@ def split_done(preset: Preset, cells: list[Cell], out: Path) -> tuple[dict[Cell,
 def run_cell(preset: Preset, cell: Cell, run_dir: Path, classifiers, data_cache: dict, source: str,
              root: str | None, download: bool, device: str, progress: bool) -> dict:
     """Train (or resume a half-trained run) and evaluate one cell; its metrics."""
+    from engine.errors import Diverged
     from engine.evaluate import evaluate
     from engine.registry import build_data
     from engine.train import train
@@ -167,7 +168,10 @@ def run_cell(preset: Preset, cell: Cell, run_dir: Path, classifiers, data_cache:
         data_cache.clear()             # cells are ordered so one data set is live at a time
         data_cache[key] = build_data(cfg.data)
     data = data_cache[key]
-    train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=progress, data=data)
+    try:
+        train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").is_file(), progress=progress, data=data)
+    except Diverged:
+        pass                           # evaluated from its best.pt; the report lists it under Table 1
     e = preset.eval
     return evaluate(run_dir, e["samples"], e["ll_samples"], device, progress, test_pairs=e["test_pairs"],
                     ll_pairs=e["ll_pairs"], latent_max=e["latent_max"], classifiers=classifiers, data=data)

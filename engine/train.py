@@ -1,8 +1,13 @@
 """The training loop: optimiser, progress, metrics.jsonl, atomic checkpoints and exact resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,11 +19,11 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from engine import objectives as O
-from engine.checkpoints import (CHECKPOINT_NAME, atomic_write_text, config_of, load_state,
-                                read_checkpoint, save_checkpoint)
+from engine.checkpoints import (BEST_NAME, CHECKPOINT_NAME, atomic_copy, atomic_write_text, clean_stale_temps,
+                                config_of, load_state, nonfinite_tensors, read_checkpoint, save_checkpoint)
 from engine.config import RunConfig
 from engine.device import pick_device
-from engine.errors import ConfigError, TrainingError
+from engine.errors import ConfigError, Diverged, Interrupted, TrainingError
 from engine.loss import variant_loss
 from engine.registry import build_data, model_from_config, parse_variant
 
@@ -26,8 +31,8 @@ METRICS_NAME = "metrics.jsonl"
 PROGRESS_NAME = "progress.json"
 
 
-def prepare_config(cfg: RunConfig, data) -> RunConfig:
-    """Fill in what the data decides (vocabulary size, feature width) and check the variant."""
+def check_variant(cfg: RunConfig) -> RunConfig:
+    """Set family and contrastive estimator from the variant and refuse combinations that do not apply."""
     family, contrastive = parse_variant(cfg.variant)
     cfg.model.family = family
     cfg.objective.contrastive = contrastive
@@ -35,6 +40,12 @@ def prepare_config(cfg: RunConfig, data) -> RunConfig:
         raise ConfigError("DReG gradients are implemented for MMVAE only")
     if cfg.objective.looser and family != "mmvae":
         raise ConfigError("the looser stratified bound is for MMVAE's mixture posterior only")
+    return cfg.validate()
+
+
+def prepare_config(cfg: RunConfig, data) -> RunConfig:
+    """Fill in what the data decides (vocabulary size, feature width) and check the variant."""
+    cfg = check_variant(cfg)
     if cfg.data.dataset != "mnist-svhn":
         cfg.model.vocab_size = len(data.vocab)
         cfg.model.feature_dim = int(data.train.modalities[0].shape[1])
@@ -76,19 +87,27 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
 
 def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True,
           on_step: Callable[[dict], None] | None = None, data=None,
-          on_end: Callable[[torch.nn.Module], None] | None = None) -> Path:
+          on_end: Callable[[torch.nn.Module], None] | None = None, allow_fresh: bool = False,
+          given: dict[str, str] | None = None) -> Path:
     """Train the run ``cfg`` into directory ``out``; returns the checkpoint path.
 
     ``on_step`` receives a dict (step, total_steps, epoch, loss, ...) after every step;
-    ``on_end`` receives the trained model. Under ``torchrun`` this is data-parallel
-    (DistributedDataParallel): each rank takes batch_size / world_size pairs of every global
-    batch (DistributedSampler), in-batch negatives stay per rank, metrics are averaged across
-    ranks and only rank 0 writes files. The b-th global batch of an epoch holds the same pairs
-    whatever the world size, so ``resume`` works across world sizes.
+    ``on_end`` receives the trained model. ``checkpoint.pt`` is saved every
+    ``checkpoint_every`` steps, after ``checkpoint_minutes``, at each epoch's end, at the end and
+    on SIGINT/SIGTERM (then Interrupted is raised); ``best.pt`` is the checkpoint with the best
+    held-out IWAE. Non-finite weights are never saved, and a held-out IWAE far below the best
+    stops the run (Diverged). ``resume`` continues ``out``'s checkpoint (an error where there is
+    none unless ``allow_fresh``); ``given`` names the settings the caller chose (see
+    ``resume_config``). Under ``torchrun`` this is data-parallel (DistributedDataParallel): each
+    rank takes batch_size / world_size pairs of every global batch (DistributedSampler), in-batch
+    negatives stay per rank, metrics are averaged across ranks and only rank 0 writes files. The
+    b-th global batch of an epoch holds the same pairs whatever the world size, so ``resume``
+    works across world sizes.
     """
     out = Path(out)
-    ck_path = out / CHECKPOINT_NAME
-    saved = None
+    _check_out(out)
+    ck_path, best_path = out / CHECKPOINT_NAME, out / BEST_NAME
+    saved, changes = None, []
     if ck_path.exists():
         if not resume:
             raise ConfigError(f"{out} already holds a checkpoint; pass --resume to continue it "
@@ -97,14 +116,23 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
         if "optimizer" not in saved:
             raise ConfigError(f"{ck_path} is an exported, inference-only checkpoint (no optimiser state); "
                               "it cannot be resumed; train into a new --out instead")
-        old = config_of(saved, ck_path)
-        for key in ("epochs", "max_steps", "device", "k_chunk", "precision"):
-            setattr(old.train, key, getattr(cfg.train, key))
-        cfg = old
-    cfg.validate()
+        cfg, changes = resume_config(config_of(saved, ck_path), cfg, given, ck_path)
+    elif resume and not allow_fresh:
+        raise ConfigError(f"--resume: {out} holds no {CHECKPOINT_NAME} to continue"
+                          + (" (its config.json is from a run stopped before its first checkpoint)"
+                             if (out / "config.json").exists() else "")
+                          + "; drop --resume to start a new run there, or add --allow-fresh to start one "
+                            "wherever there is nothing to resume")
+    elif best_path.exists():
+        raise ConfigError(f"{out} holds a {BEST_NAME} from an earlier run but no {CHECKPOINT_NAME}: move it "
+                          "away or choose another --out")
+    cfg = check_variant(cfg)
     rank, world, device, created = _distributed(pick_device(cfg.train.device))
     if cfg.train.batch_size % world:
         raise ConfigError(f"batch size {cfg.train.batch_size} must be divisible by the {world} processes")
+    if cfg.objective.contrastive is not None and cfg.train.batch_size // world < 2:
+        raise ConfigError(f"{cfg.variant} draws negatives from each process's batch: batch size "
+                          f"{cfg.train.batch_size} over {world} processes leaves fewer than 2 pairs each")
     torch.manual_seed(cfg.train.seed)
     data = data if data is not None else build_data(cfg.data)
     cfg = prepare_config(cfg, data)
@@ -113,11 +141,12 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
         torch.manual_seed(cfg.train.seed + rank)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr, amsgrad=True)
     gen = torch.Generator().manual_seed(cfg.train.seed + rank)
-    epoch, step, batch_in_epoch = 0, 0, 0
+    epoch, step, batch_in_epoch, best = 0, 0, 0, None
     if saved is not None:
         load_state(model, saved["model"], ck_path)
         opt.load_state_dict(saved["optimizer"])
         epoch, step, batch_in_epoch = saved["epoch"], saved["step"], saved.get("batch_in_epoch", 0)
+        best = saved.get("best")
         if rank == 0 and saved.get("world_size", 1) == world:
             gen.set_state(saved["gen_state"])
             torch.set_rng_state(saved["torch_rng"])
@@ -126,8 +155,10 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
         else:
             torch.manual_seed(cfg.train.seed + rank + 7919 * step)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.json")
+        _prepare_out(out, cfg, step, best)
+        if saved is not None:
+            print(f"resuming {ck_path} at step {step}" + (f"; applied {', '.join(changes)}" if changes else ""),
+                  file=sys.stderr)
     forward = DistributedDataParallel(model) if world > 1 else None
 
     ds = data.train
@@ -141,65 +172,115 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     family = cfg.model.family
     bad_in_row, skipped = 0, 0
     bar = tqdm(total=total, initial=step, disable=not progress or rank > 0, desc=cfg.variant, unit="step")
+    saved_step, last_save, t0 = step, time.monotonic(), time.time()
+    sums: dict[str, float] = {}
+    count = 0
+    stop = _StopSignals()
 
-    def checkpoint(done_epochs: int, in_epoch: int) -> None:
-        save_checkpoint(ck_path, cfg, model, opt, epoch=done_epochs, step=step, batch_in_epoch=in_epoch,
-                        world_size=world, gen_state=gen.get_state(), torch_rng=torch.get_rng_state(),
-                        cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [])
+    def heldout() -> float:
+        return _untouched_rng(test_iwae, model, data.test, cfg.objective.K)
+
+    def kept() -> str:
+        """What the run directory holds for the user after a stop."""
+        parts = []
+        if best_path.exists() and best is not None:
+            parts.append(f"The best checkpoint is {best_path} (step {best['step']}, held-out IWAE {best['iwae']:.1f})")
+        if ck_path.exists():
+            parts.append(f"the latest is {ck_path} (step {saved_step})")
+        return ("; ".join(parts) + ".") if parts else "No checkpoint was written."
+
+    def checkpoint(done_epochs: int, in_epoch: int, evaluate: bool = True) -> None:
+        """Save checkpoint.pt (rank 0; every rank calls it) after the divergence checks; best.pt if best."""
+        nonlocal best, saved_step, last_save, t0, sums, count
+        means = _mean_across_ranks(sums, count, world)
+        problem = ""
+        if rank == 0:
+            bad = nonfinite_tensors(model.state_dict())
+            h = heldout() if evaluate and not bad else None
+            if bad:
+                problem = f"{len(bad)} weight tensors hold NaN or inf at step {step}"
+            elif h is not None and _diverged(h, best["iwae"], cfg.train.divergence_tolerance):
+                problem = (f"held-out IWAE {h:.1f} at step {step} is far below the best {best['iwae']:.1f} "
+                           + (f"(step {best['step']})" if best_path.exists() else "(of the initial weights)"))
+            if h is not None:
+                line = {"epoch": done_epochs, "step": step, "seconds": round(time.time() - t0, 3),
+                        "skipped": skipped, **means, "test_iwae": h}
+                with open(out / METRICS_NAME, "a") as f:
+                    f.write(json.dumps(line) + "\n")
+            if not problem:
+                improved = h is not None and h > best["iwae"]
+                if improved:
+                    best = {"iwae": h, "step": step}
+                save_checkpoint(ck_path, cfg, model, opt, epoch=done_epochs, step=step, batch_in_epoch=in_epoch,
+                                world_size=world, gen_state=gen.get_state(), torch_rng=torch.get_rng_state(),
+                                cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                                best=best)
+                if improved:
+                    atomic_copy(ck_path, best_path)
+        if _agree([bool(problem)], world)[0]:
+            raise Diverged(f"the run is diverging: {problem or 'rank 0 found it so'}; stopped without saving. "
+                           f"{kept()} Try a lower --lr (or a larger --divergence-tolerance).")
+        saved_step, last_save, t0, sums, count = step, time.monotonic(), time.time(), {}, 0
+
+    def save_if_due(done_epochs: int, in_epoch: int, force: bool = False) -> None:
+        """Checkpoint where a trigger fires (steps, minutes, a signal, ``force``); stop after a signal."""
+        stopping, due = _agree([stop.signum is not None,
+                                step - saved_step >= cfg.train.checkpoint_every
+                                or time.monotonic() - last_save >= 60 * cfg.train.checkpoint_minutes], world)
+        if step > saved_step and (force or stopping or due):
+            checkpoint(done_epochs, in_epoch, evaluate=not stopping)
+        if stopping:
+            name = signal.Signals(stop.signum).name if stop.signum else "a signal"
+            raise Interrupted(f"stopped by {name} at step {step}. {kept()}"
+                              + (f" Continue with --resume --out {out}." if ck_path.exists() else ""),
+                              stop.signum or signal.SIGTERM)
 
     model.train()
     try:
-        while epoch < cfg.train.epochs and step < total:
-            sampler.set_epoch(epoch)
-            order = torch.tensor(list(sampler))
-            t0 = time.time()
-            sums: dict[str, float] = {}
-            count = 0
-            b = batch_in_epoch
-            while b < n_batches and step < total:
-                xs, _ = ds.batch(order[b * bs:(b + 1) * bs])
-                b += 1
-                xs = [x.to(device, non_blocking=True) for x in xs]
-                out_ = variant_loss(model, xs, family, cfg.objective, gen, k_chunk=cfg.train.k_chunk,
-                                    forward=forward)
-                if not _all_finite(out_.loss, world):
-                    bad_in_row += 1
-                    skipped += 1
-                    if bad_in_row >= cfg.train.max_nonfinite:
-                        raise TrainingError(
-                            f"{bad_in_row} non-finite losses in a row at step {step}; stopped. The last "
-                            f"good checkpoint is {ck_path if ck_path.exists() else '(none yet)'}. "
-                            "Try a lower --lr or a smaller --gamma.")
-                    continue
-                bad_in_row = 0
-                opt.zero_grad(set_to_none=True)
-                out_.loss.backward()
-                opt.step()
-                step += 1
-                terms = out_.terms()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.1f}" for k, v in terms.items()})
-                if on_step is not None:
-                    on_step({"step": step, "total_steps": total, "epoch": epoch, **terms})
-                if rank == 0 and step % 20 == 0:
-                    atomic_write_text(out / PROGRESS_NAME, json.dumps(
-                        {"step": step, "total_steps": total, "epoch": epoch, **terms}))
-            if b >= n_batches:
-                epoch, batch_in_epoch = epoch + 1, 0
-            else:
-                batch_in_epoch = b
-            means = _mean_across_ranks(sums, count, world)
-            if rank == 0:
-                line = {"epoch": epoch, "step": step, "seconds": round(time.time() - t0, 3), "skipped": skipped,
-                        **means, "test_iwae": _untouched_rng(test_iwae, model, data.test, cfg.objective.K)}
-                with open(out / METRICS_NAME, "a") as f:
-                    f.write(json.dumps(line) + "\n")
-                checkpoint(epoch, batch_in_epoch)
-            if world > 1:
-                dist.barrier()
+        with stop:
+            if best is None and rank == 0:
+                best = {"iwae": heldout(), "step": step}
+            while epoch < cfg.train.epochs and step < total:
+                sampler.set_epoch(epoch)
+                order = torch.tensor(list(sampler))
+                b = batch_in_epoch
+                while b < n_batches and step < total:
+                    save_if_due(epoch, b)
+                    xs, _ = ds.batch(order[b * bs:(b + 1) * bs])
+                    b += 1
+                    xs = [x.to(device, non_blocking=True) for x in xs]
+                    out_ = variant_loss(model, xs, family, cfg.objective, gen, k_chunk=cfg.train.k_chunk,
+                                        forward=forward)
+                    if not _all_finite(out_.loss, world):
+                        bad_in_row += 1
+                        skipped += 1
+                        if bad_in_row >= cfg.train.max_nonfinite:
+                            raise TrainingError(
+                                f"{bad_in_row} non-finite losses in a row at step {step}; stopped without "
+                                f"saving. {kept()} Try a lower --lr or a smaller --gamma.")
+                        continue
+                    bad_in_row = 0
+                    opt.zero_grad(set_to_none=True)
+                    out_.loss.backward()
+                    opt.step()
+                    step += 1
+                    terms = out_.terms()
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.1f}" for k, v in terms.items()})
+                    if on_step is not None:
+                        on_step({"step": step, "total_steps": total, "epoch": epoch, **terms})
+                    if rank == 0 and step % 20 == 0:
+                        atomic_write_text(out / PROGRESS_NAME, json.dumps(
+                            {"step": step, "total_steps": total, "epoch": epoch, **terms}))
+                if b >= n_batches:
+                    epoch, batch_in_epoch = epoch + 1, 0
+                    save_if_due(epoch, 0, force=True)
+                else:
+                    batch_in_epoch = b
+            save_if_due(epoch, batch_in_epoch, force=True)
         if rank == 0:
             atomic_write_text(out / PROGRESS_NAME, json.dumps({"step": step, "total_steps": total,
                                                                "epoch": epoch, "done": True}))
@@ -210,6 +291,127 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
         if created:
             dist.destroy_process_group()
     return ck_path
+
+
+SAFE_ON_RESUME = ("train.epochs", "train.max_steps", "train.device", "train.k_chunk", "train.precision",
+                  "train.max_nonfinite", "train.checkpoint_every", "train.checkpoint_minutes",
+                  "train.divergence_tolerance")
+DERIVED = ("model.family", "objective.contrastive", "model.vocab_size", "model.feature_dim")
+
+
+def _settings(cfg: RunConfig) -> dict:
+    """Every leaf setting of a RunConfig by dotted name ('objective.K': 30)."""
+    d = dataclasses.asdict(cfg)
+    return {"variant": d.pop("variant"), **{f"{s}.{k}": v for s, part in d.items() for k, v in part.items()}}
+
+
+def resume_config(saved: RunConfig, cfg: RunConfig, given: dict[str, str] | None,
+                  path) -> tuple[RunConfig, list[str]]:
+    """The config a resumed run continues with, and the changes applied to it.
+
+    ``given`` maps the settings the caller chose (dotted names) to how to call them in messages
+    (the CLI passes the flags typed on its command line); None means every setting of ``cfg``.
+    Settings in SAFE_ON_RESUME that differ are applied; any other that differs is a conflict,
+    and all conflicts are refused together (ConfigError).
+    """
+    old, new = _settings(saved), _settings(cfg)
+    names = given if given is not None else {k: k for k in new if k not in DERIVED}
+    conflicts, changes = {}, {}
+    for key, label in names.items():
+        if old[key] == new[key]:
+            continue
+        if key in SAFE_ON_RESUME:
+            section, name = key.split(".")
+            setattr(getattr(saved, section), name, new[key])
+            changes.setdefault(label, f"{label} {new[key]} (was {old[key]})")
+        else:
+            conflicts.setdefault(label, f"{label} {new[key]} (the run has {old[key]})")
+    if conflicts:
+        raise ConfigError(f"--resume continues {path} with its own settings, and these differ from them: "
+                          f"{'; '.join(conflicts.values())}. Drop them to continue, or train into a new --out "
+                          f"(safe to change on resume: {', '.join(k.split('.')[1] for k in SAFE_ON_RESUME)})")
+    return saved, list(changes.values())
+
+
+def _diverged(value: float, best: float, tolerance: float) -> bool:
+    """Whether a held-out IWAE is non-finite or more than ``tolerance`` * |best| below the best."""
+    return not math.isfinite(value) or value < best - tolerance * abs(best)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before any work, an ``out`` that cannot become a run directory."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file, not a run directory: choose a directory")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} cannot be written: no write permission on {parent}")
+
+
+def _prepare_out(out: Path, cfg: RunConfig, step: int, best: dict | None) -> None:
+    """Create the run directory, delete stale temporary files, write config.json and cut
+    metrics.jsonl back to the checkpoint's step (lines after it are from steps being redone)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stale = clean_stale_temps(out)
+        cfg.save(out / "config.json")
+    except OSError as e:
+        raise ConfigError(f"cannot write the run directory {out}: {e}") from e
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) left in {out} by interrupted saves", file=sys.stderr)
+    if best is not None and best["step"] == step and step > 0:
+        atomic_copy(out / CHECKPOINT_NAME, out / BEST_NAME)     # a save stopped between the two files
+    p = out / METRICS_NAME
+    if p.exists():
+        lines = p.read_text().splitlines()
+        keep = [line for line in lines if _line_step(line) <= step]
+        if len(keep) != len(lines):
+            atomic_write_text(p, "".join(line + "\n" for line in keep))
+
+
+def _line_step(line: str) -> float:
+    """The step of a metrics.jsonl line; inf for a line that cannot be read (a half-written one)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+class _StopSignals:
+    """While active (main thread only), SIGINT and SIGTERM set ``signum`` so that the loop saves a
+    checkpoint and stops; a second signal interrupts at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def _agree(flags: list[bool], world: int) -> list[bool]:
+    """Each flag true on any rank (so that all ranks save or stop together)."""
+    if world <= 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def _all_finite(loss: torch.Tensor, world: int) -> bool:
@@ -238,11 +440,11 @@ def _untouched_rng(fn, *args):
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The per-epoch lines of a run's metrics.jsonl (empty if none yet)."""
+    """The lines of a run's metrics.jsonl, one per checkpoint (empty if none yet)."""
     p = Path(run_dir) / METRICS_NAME
     if not p.exists():
         return []
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-__all__ = ["train", "read_metrics", "test_iwae", "prepare_config"]
+__all__ = ["train", "read_metrics", "test_iwae", "prepare_config", "check_variant", "resume_config"]

@@ -150,7 +150,7 @@ def test_missing_root_names_path(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(DataError, match=re.escape(str(missing))):
         load_cub(missing, "train")
-    with pytest.raises(DataError, match="root"):
+    with pytest.raises(DataError, match="--data-root"):
         build_cub(DataConfig(dataset="cub"))
 
 
@@ -183,6 +183,16 @@ def test_vocab_round_trip_unknown_and_empty(tmp_path):
     vocab.save(tmp_path / "v.json")
     loaded = Vocab.load(tmp_path / "v.json")
     assert loaded.itos == vocab.itos and torch.equal(loaded.encode("a red bird")[0], vocab.encode("a red bird")[0])
+
+
+def test_vocab_says_what_a_caption_loses():
+    """Words past the 31st and letters outside a-z are reported (a warning from encode), not cut silently."""
+    vocab = Vocab(["a", "bird"])
+    with pytest.warns(UserWarning, match="only the first 31 are read"):
+        vocab.encode("a bird " * 20)
+    with pytest.warns(UserWarning, match="letters outside a-z.*é"):
+        vocab.encode("a café bird")
+    assert vocab.cuts("a small bird") == []
 
 
 def test_build_cub_pairs_each_image_with_its_captions(tiny, monkeypatch):

@@ -56,7 +56,7 @@ def test_real_missing_root_names_path(loader, tmp_path):
     missing = tmp_path / "no-such-root"
     with pytest.raises(DataError, match="no-such-root"):
         loader("train", source="real", root=str(missing))
-    with pytest.raises(DataError, match="--root"):
+    with pytest.raises(DataError, match="--data-root"):
         loader("train", source="real", root=None)
 
 

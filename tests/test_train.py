@@ -147,3 +147,249 @@ def test_looser_bound_is_refused_where_it_does_not_apply(tmp_path):
     cfg.objective.looser = cfg.objective.dreg = True
     train(cfg, tmp_path / "dreg-looser", progress=False)
     assert (tmp_path / "dreg-looser" / "checkpoint.pt").is_file()
+
+
+# --- checkpoints during training, interrupts, divergence, bad input (issue #15) ---------------------------
+
+TINY_FLAGS = ["--model", "cI-MMVAE", "--data-fraction", "0.1", "--dm", "2", "--K", "2", "--negatives", "2",
+              "--batch-size", "16", "--epochs", "1", "--device", "cpu", "--no-progress"]
+# `python -m engine train` that also prints each finished step (so the test knows what a kill loses).
+STEP_PRINTING = ("import sys, engine.train as T; from engine.cli import main; real = T.train; "
+                 "T.train = lambda *a, **k: real(*a, on_step=lambda d: print(d['step'], flush=True), **k); "
+                 "sys.exit(main(sys.argv[1:]))")
+
+
+def _engine(args, **kw):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", STEP_PRINTING, "train", *args], cwd=Path(__file__).parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def _run_until(proc, step: int) -> int:
+    """Read the printed steps until ``step``; the last one read."""
+    last = 0
+    while last < step:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        last = int(line)
+    return last
+
+
+def test_kill_9_loses_at_most_one_interval_and_sigterm_saves(tmp_path):
+    """kill -9 at a random step, then SIGTERM (what the dashboard's Cancel sends), then resume to the end."""
+    import random
+    import signal
+
+    rng, every, out = random.Random(15), 4, tmp_path / "run"
+    args = TINY_FLAGS + ["--max-steps", "20", "--checkpoint-every", str(every), "--out", str(out)]
+    proc = _engine(args)
+    last = _run_until(proc, rng.randint(every + 1, 10))
+    proc.kill()
+    proc.wait()
+    assert last - read_checkpoint(out / "checkpoint.pt")["step"] <= every
+    (out / ".checkpoint.pt.orphan.tmp").write_bytes(b"x" * 1000)      # as a kill during a save leaves
+    proc = _engine(args + ["--resume"])
+    last = _run_until(proc, rng.randint(read_checkpoint(out / "checkpoint.pt")["step"] + 1, 16))
+    assert not (out / ".checkpoint.pt.orphan.tmp").exists()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    assert read_checkpoint(out / "checkpoint.pt")["step"] >= last
+    proc = _engine(args + ["--resume"])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    steps = [line["step"] for line in read_metrics(out)]
+    assert steps == sorted(set(steps)) and steps[-1] == 20
+    assert read_checkpoint(out / "checkpoint.pt")["step"] == 20 and (out / "best.pt").exists()
+
+
+def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path):
+    """SIGINT at step 5 (checkpoints every 3) saves step 5 mid-epoch; resuming matches a straight run."""
+    import os
+    import signal
+
+    from engine.errors import Interrupted
+
+    train(tiny_config(max_steps=8, checkpoint_every=3), tmp_path / "straight", progress=False)
+
+    def interrupt(d):
+        if d["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted, match="stopped by SIGINT at step 5"):
+        train(tiny_config(max_steps=8, checkpoint_every=3), tmp_path / "split", progress=False, on_step=interrupt)
+    ck = read_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    assert ck["step"] == 5 and ck["batch_in_epoch"] == 5
+    train(tiny_config(max_steps=8, checkpoint_every=3), tmp_path / "split", resume=True, progress=False)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    assert [m["step"] for m in read_metrics(tmp_path / "split")] == [3, 8]     # a signal's save is not evaluated
+
+
+def test_interrupt_before_any_checkpoint_says_so(tmp_path, capsys, monkeypatch):
+    import engine.train as T
+
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "build_data", interrupted)
+    assert main(["train", *TINY_FLAGS, "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint was written" in err and "kept" not in err
+
+
+def test_resume_without_checkpoint_is_an_error_unless_allow_fresh(tmp_path, capsys):
+    assert main(["train", *TINY_FLAGS, "--resume", "--out", str(tmp_path / "r")]) == 2
+    assert "holds no checkpoint.pt" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main(["train", *TINY_FLAGS, "--max-steps", "1", "--resume", "--allow-fresh",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert read_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 1
+
+
+def test_resume_refuses_conflicting_flags_and_applies_safe_ones(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run("cI-MMVAE"), run)
+    before = (run / "checkpoint.pt").read_bytes()
+    assert main(["train", "--resume", "--out", str(run), "--model", "MMVAE", "--K", "9", "--lr", "0.5",
+                 "--gamma", "7", "--max-steps", "9", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    for conflict in ("--model MMVAE (the run has cI-MMVAE)", "--K 9 (the run has 2)", "--lr 0.5 (the run has 0.001)",
+                     "--gamma 7.0 (the run has 2.0)"):
+        assert conflict in err
+    assert "--max-steps" not in err and (run / "checkpoint.pt").read_bytes() == before
+    assert main(["train", "--resume", "--out", str(run), "--max-steps", "4", "--device", "cpu", "--no-progress"]) == 0
+    assert "applied --max-steps 4 (was 3)" in capsys.readouterr().err
+    ck = read_checkpoint(run / "checkpoint.pt")
+    assert ck["step"] == 4 and ck["config"]["objective"]["K"] == 2
+
+
+def test_resume_cleans_temp_files_and_cuts_metrics_to_the_checkpoint(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run("cI-MMVAE"), run)
+    (run / ".checkpoint.pt.abc123.tmp").write_bytes(b"\0" * 4096)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 0, "step": 99, "loss": 1.0}) + "\n" + '{"epoch": 0, "st')
+    train(tiny_config(max_steps=4), run, resume=True, progress=False)
+    assert not list(run.glob(".*.tmp"))
+    assert [m["step"] for m in read_metrics(run)] == [3, 4]
+
+
+def test_divergence_stops_and_keeps_best(tmp_path, monkeypatch):
+    """Weights that blow up after step 4 (finite loss) stop the run; best.pt and checkpoint.pt stay good."""
+    import engine.train as T
+    from engine.errors import Diverged
+
+    real, calls = T.variant_loss, [0]
+
+    def exploding(model, *a, **k):
+        calls[0] += 1
+        if calls[0] == 5:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(3 * torch.randn_like(p))
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(T, "variant_loss", exploding)
+    run = tmp_path / "r"
+    with pytest.raises(Diverged, match="best.pt") as e:
+        train(tiny_config(max_steps=8, checkpoint_every=2), run, progress=False)
+    assert "far below the best" in str(e.value) or "NaN or inf" in str(e.value)
+    best, last = read_checkpoint(run / "best.pt"), read_checkpoint(run / "checkpoint.pt")
+    assert best["step"] <= 4 and last["step"] <= 4
+    assert engine.load(run).source_path.name == "best.pt"
+
+
+def test_huge_lr_fails_clearly_instead_of_finishing(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", *TINY_FLAGS, "--lr", "100", "--max-steps", "10", "--checkpoint-every", "5",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "diverging" in err and "--lr" in err
+    assert not (out / "checkpoint.pt").exists() and not (out / "best.pt").exists()
+
+
+def test_nonfinite_weights_are_never_saved(tmp_path, monkeypatch):
+    import engine.train as T
+    from engine.errors import Diverged
+
+    real, calls = T.variant_loss, [0]
+
+    def poisoned(model, *a, **k):
+        calls[0] += 1
+        out = real(model, *a, **k)
+        if calls[0] == 3:
+            out.loss = out.loss + 0.0 * next(model.parameters()).sum() * math.inf
+        return out
+
+    monkeypatch.setattr(T, "variant_loss", poisoned)
+    with pytest.raises(TrainingError):
+        train(tiny_config(max_steps=6, checkpoint_every=1, max_nonfinite=1), tmp_path / "r", progress=False)
+    ck = read_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert ck["step"] == 2 and not any(torch.isnan(v).any() for v in ck["model"].values() if v.is_floating_point())
+    assert Diverged.__mro__[1] is TrainingError
+
+
+def test_nonfinite_weights_are_refused_on_load(tiny_run, tmp_path):
+    ck = torch.load(tiny_run("cI-MMVAE") / "checkpoint.pt", weights_only=True)
+    ck["model"] = {k: v * math.nan if v.is_floating_point() else v for k, v in ck["model"].items()}
+    torch.save(ck, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="non-finite weights"):
+        engine.load(tmp_path)
+
+
+BAD_CONFIGS = [
+    (None, "must be a JSON object"), ([1, 2], "must be a JSON object"),
+    ({"variant": None}, "variant must be a string"), ({"model": [1]}, "section 'model' must be a JSON object"),
+    ({"model": {"latent_dim": "20"}}, "model.latent_dim must be int"),
+    ({"model": {"latent_dim": 20.0}}, "model.latent_dim must be int"),
+    ({"train": {"lr": "fast"}}, "train.lr must be float"), ({"objective": {"dreg": 1}}, "objective.dreg must be bool"),
+    ({"optimizer": {}}, "unknown config entries"), ({"variant": "VAE"}, "unknown model 'VAE'"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_CONFIGS)
+def test_malformed_embedded_configs_are_clear_errors(tiny_run, tmp_path, bad, message):
+    ck = torch.load(tiny_run("cI-MMVAE") / "checkpoint.pt", weights_only=True)
+    ck["config"] = bad if not isinstance(bad, dict) else {**ck["config"], **bad}
+    torch.save(ck, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="embedded config is invalid") as e:
+        engine.load(tmp_path)
+    assert message in str(e.value)
+
+
+def test_foreign_checkpoint_files_are_clear_errors(tiny_run, tmp_path):
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "checkpoint.pt").write_text("every bird sings\n")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        engine.load(tmp_path / "text")
+    ck = torch.load(tiny_run("cI-MMVAE") / "checkpoint.pt", weights_only=True)
+    ck["config"]["data"]["dataset"] = "cub-synthetic"
+    torch.save(ck, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="another dataset"):
+        engine.load(tmp_path)
+
+
+def test_bad_train_flags_are_refused_before_any_write(tmp_path, capsys):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    for out, message in ((tmp_path / "r", "batch_size must be >= 2"), (afile, "is an existing file"),
+                         (afile / "sub", "is a file, not a directory")):
+        argv = ["train", *TINY_FLAGS, "--out", str(out)]
+        argv[argv.index("16")] = "1" if out == tmp_path / "r" else "16"
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit):
+        main(["train", "--alpha", "nan"])
+    assert "finite" in capsys.readouterr().err

@@ -66,6 +66,8 @@ with tab_text, ui.section():
                 hits, unknown = ret.images_for_caption(model, data, text, k, by=by)
             if unknown:
                 st.warning("Words not in the model's vocabulary (read as <unk>): " + ", ".join(f"`{w}`" for w in unknown))
+            for note in data.vocab.cuts(text):
+                st.warning(f"Not read: {note}.")
             ids = data.image_ids.get("test", [])
             st.dataframe(pd.DataFrame([{"rank": r + 1, "image id": ids[i] if i < len(ids) else i, "score": sc,
                                         "path": p} for r, (i, p, sc) in enumerate(hits)]),

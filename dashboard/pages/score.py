@@ -104,9 +104,9 @@ else:
         encoded, unknown = [], []
         with ui.guarded("Encoding captions"):
             for text in pairs["caption"]:
-                ids, unk = data.vocab.encode(text)
+                ids, unk = data.vocab.encode(text, warn=False)
                 encoded.append(ids)
-                unknown.append(", ".join(unk))
+                unknown.append("; ".join([", ".join(unk)] * bool(unk) + data.vocab.cuts(text)))
         with ui.guarded("Scoring the pairs"):
             pmi = np.asarray(rel.score_pairs(model, feats.to(model.device), torch.stack(encoded).to(model.device),
                                              K=int(K))).ravel()

@@ -1,7 +1,7 @@
 """Train: launch `python -m engine train` in the background, follow it, cancel it.
 
 One run at a time (recorded in <runs>/.active.json); it lands in the runs folder and appears in
-every checkpoint picker once its first epoch is saved.
+every checkpoint picker once its first checkpoint is saved.
 """
 import streamlit as st
 
@@ -96,8 +96,8 @@ def live() -> None:
         st.progress(1.0, text=f"finished: {step} steps")
         st.success(f"Finished. **{job.name}** is now in the checkpoint pickers (runs).")
     else:
-        st.error(f"{job.name} stopped before finishing (cancelled, or it failed). The log's end is below; the last "
-                 "saved epoch, if any, is kept and can be resumed with `--resume`.")
+        st.error(f"{job.name} stopped before finishing (cancelled, or it failed). The log's end is below and says "
+                 "what was saved; a checkpoint, if any, can be resumed with `--resume`.")
     msg = st.session_state.pop("_train_msg", None)
     if msg:
         st.info(msg)

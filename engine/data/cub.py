@@ -18,6 +18,8 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,11 +161,29 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.itos)
 
-    def encode(self, text: str) -> tuple[torch.Tensor, list[str]]:
-        """(ids (max_len,) int64: words, <eos>, <pad>...; words not in the vocabulary, in order)."""
+    def cuts(self, text: str) -> list[str]:
+        """What encoding ``text`` loses besides unknown words: words past the first max_len - 1 and
+        letters outside a-z (accented or other non-ASCII letters), each as a sentence for the user."""
+        notes = []
+        tokens = self.tokenize(text)
+        if len(tokens) > self.max_len - 1:
+            notes.append(f"the caption has {len(tokens)} words; only the first {self.max_len - 1} are read "
+                         f"(cut: {' '.join(tokens[self.max_len - 1:])!r})")
+        foreign = sorted({c for c in text.lower() if unicodedata.category(c).startswith("L") and not "a" <= c <= "z"})
+        if foreign:
+            notes.append(f"letters outside a-z are not read (they split or drop words): {' '.join(foreign)}")
+        return notes
+
+    def encode(self, text: str, warn: bool = True) -> tuple[torch.Tensor, list[str]]:
+        """(ids (max_len,) int64: words, <eos>, <pad>...; words not in the vocabulary, in order).
+
+        What ``cuts`` reports is warned about (UserWarning) unless ``warn`` is false."""
         tokens = self.tokenize(text)
         if not tokens:
             raise ConfigError(f"caption {text!r} is empty: it has no words to encode")
+        if warn:
+            for note in self.cuts(text):
+                warnings.warn(note, stacklevel=2)
         tokens = tokens[: self.max_len - 1]
         unknown = [t for t in tokens if t not in self.stoi]
         ids = torch.zeros(self.max_len, dtype=torch.int64)
@@ -174,7 +194,11 @@ class Vocab:
         """(n, max_len) int64 ids of many captions."""
         if not texts:
             return torch.zeros(0, self.max_len, dtype=torch.int64)
-        return torch.stack([self.encode(t)[0] for t in texts])
+        long = sum(len(self.tokenize(t)) > self.max_len - 1 for t in texts)
+        if long:
+            warnings.warn(f"{long} of {len(texts)} captions have more than {self.max_len - 1} words; "
+                          "only their first words are read", stacklevel=2)
+        return torch.stack([self.encode(t, warn=False)[0] for t in texts])
 
     def decode(self, ids: torch.Tensor) -> str:
         """Words up to the first <eos> (pads skipped)."""
@@ -282,7 +306,7 @@ def build_cub(cfg: DataConfig, progress: ProgressArg = True, splits: tuple[str, 
         root = _synthetic_root(cfg, progress)
     elif cfg.dataset == "cub":
         if not cfg.root:
-            raise DataError(f"dataset 'cub' needs a data root (--root) holding the CUB files: {LAYOUT}; "
+            raise DataError(f"dataset 'cub' needs a data root (--data-root) holding the CUB files: {LAYOUT}; "
                             f"or use dataset 'cub-synthetic' to run offline")
         root = Path(cfg.root).expanduser()
     else:

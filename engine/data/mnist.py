@@ -92,7 +92,7 @@ def _real_root(root: str | None, download: bool, name: str, layout: str) -> Path
 
             return cache_dir() / "torchvision"
         raise DataError(
-            f"the real {name} source needs a data root (--root PATH) holding {layout}; "
+            f"the real {name} source needs a data root (--data-root PATH) holding {layout}; "
             "pass --download to fetch it (needs internet), or use --source offline."
         )
     base = Path(root).expanduser()
