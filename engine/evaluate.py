@@ -19,11 +19,13 @@ from engine.cli import nonnegative_int, positive_int
 from engine.checkpoints import atomic_write_text
 from engine.errors import ConfigError, EngineError
 from engine.metrics.alignment import expert_alignment
+from engine.metrics.attributes import caption_quality
 
 METRICS_NAME = "metrics.json"
 TEST_SUBSET_SEED = 0          # the evaluated test pairs do not depend on the run, so runs compare
 RETRIEVAL_PAIRS = 1000       # CUB: test images (one caption each) for the retrieval recall@k
 ALIGNMENT_PAIRS = 2000       # test pairs for the expert alignment diagnostics
+CAPTION_PAIRS = 500          # procedural birds: test images whose generated captions are checked
 
 
 def test_subset(n_pairs: int, n: int | None) -> torch.Tensor:
@@ -139,6 +141,7 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
 
         result = evaluate_cub(model, data, samples=samples, test_pairs=test_pairs, seed=seed, progress=progress)
         result["retrieval"] = retrieval_metrics(model, data, n=RETRIEVAL_PAIRS, seed=seed)
+        result["captions"] = caption_quality(model, data, n=CAPTION_PAIRS, seed=seed)
     else:
         if classifiers is None:
             from engine.metrics.classifiers import get_classifiers

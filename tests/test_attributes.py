@@ -47,3 +47,13 @@ def test_repeated_token_rate():
     assert repeated_token_rate([["a", "a", "bird"], ["a", "bird"], ["and", "and"], ["bird"]]) == 0.5
     with pytest.raises(ValueError):
         repeated_token_rate([])
+
+
+def test_caption_quality_needs_the_generator_attributes(tmp_path):
+    """Real CUB has no synthetic_attributes.json: no attribute coherence is claimed for it."""
+    from types import SimpleNamespace
+
+    from engine.metrics.attributes import caption_quality
+
+    assert caption_quality(None, SimpleNamespace(root=tmp_path)) is None
+    assert caption_quality(None, SimpleNamespace(root=None)) is None

@@ -136,3 +136,7 @@ def test_evaluate_writes_cub_coherence_and_retrieval(tmp_path):
     out = evaluate(run, samples=8, ll_samples=0, device="cpu", progress=False, test_pairs=8, data=tiny_cub_data())
     assert out["n"]["test_pairs"] == 8 and (run / "metrics.json").is_file()
     assert {"caption_to_image", "image_to_caption", "chance"} <= set(out["retrieval"])
+    caps = out["captions"]                      # procedural birds: their attributes are known
+    assert caps["n"] == len(tiny_cub_data().test) and 0.0 <= caps["repeated_token_rate"] <= 1.0
+    assert set(caps["attribute_coherence"]) == {"coherence", "chance", "mentions", "captions_with_mentions"}
+    assert out["alignment"]["n"] == 8                    # capped by test_pairs, like the CCA

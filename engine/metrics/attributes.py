@@ -6,10 +6,15 @@ caption can be checked word by word: every colour word it uses is bound to the p
 attribute for that part has that colour. A colour bound to no part ("a yellow bird") is true
 when any plumage part of the image has it. Attribute coherence is the share of true colour
 mentions; its chance level is the same captions scored against shuffled images.
+The repeated-token rate (captions with "a a", "and and") says whether they read as sentences.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import torch
 
 from engine.data.synth_birds import COLOUR_WORDS, PART_WORDS, PATTERN_WORDS, PLUMAGE_PARTS
 
@@ -80,3 +85,31 @@ def repeated_token_rate(token_lists: list[list[str]]) -> float:
     if not token_lists:
         raise ValueError("repeated_token_rate needs at least one caption")
     return sum(any(a == b for a, b in zip(t, t[1:])) for t in token_lists) / len(token_lists)
+
+
+ATTRIBUTES_FILE = "synthetic_attributes.json"
+
+
+@torch.no_grad()
+def caption_quality(model, data, n: int = 500, seed: int = 0) -> dict | None:
+    """Captions generated from ``n`` test images (greedy, z ~ q(z | image)): attribute coherence
+    with its chance, and the repeated-token rate. None where the data has no generator attributes
+    (real CUB); only the procedural birds know what is true of an image."""
+    from engine.captions import eval_mode
+
+    path = Path(data.root) / ATTRIBUTES_FILE if getattr(data, "root", None) else None
+    if path is None or not path.is_file():
+        return None
+    truth = json.loads(path.read_text())["images"]
+    order = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))[:n]
+    (x, _), _ = data.test.batch(order)
+    image_rows = data.test.index[order, 0].tolist()
+    attrs = [truth[str(data.image_ids["test"][r])]["attributes"] for r in image_rows]
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    with eval_mode(model):
+        z = model.posterior_sample(*model.unimodal_posterior(0, x.to(model.device)), gen)
+        tokens = model.mods[1].decode(z).argmax(-1).cpu()
+    texts = [data.vocab.decode(t) for t in tokens]
+    return {"attribute_coherence": attribute_coherence(texts, attrs, seed),
+            "repeated_token_rate": repeated_token_rate([t.split() for t in texts]),
+            "examples": texts[:5], "n": len(texts)}
