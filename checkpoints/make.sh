@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=runs/shipped-src
-common=(--batch-size 32 --K 2 --negatives 5 --gamma 2 --lr 1e-3 --learn-prior --seed 0 --epochs 100
-        --no-progress --resume --allow-fresh)
+# The training settings are the presets shipped-mnist-svhn / shipped-cub-synthetic (engine/config.py).
+common=(--no-progress --resume --allow-fresh)
 ship() {  # $1 = run name, then relatedness pairs / K, evaluation samples / test pairs / IWAE samples
   python -m engine export "$src/$1" --out "checkpoints/$1"
   python -m engine relatedness "checkpoints/$1" --pairs "$2" --K "$3" --json --device cpu
@@ -19,11 +19,11 @@ make_one() {
   local name=$1 model=${1#*-*-}
   case "$name" in
     mnist-svhn-*)
-      python -m engine train --model "$model" --dataset mnist-svhn --dm 2 --max-steps 10000 "${common[@]}" \
+      python -m engine train --preset shipped-mnist-svhn --model "$model" --dataset mnist-svhn "${common[@]}" \
         --out "$src/$name"
       ship "$name" 500 10 2000 2000 100 ;;
     cub-synthetic-*)
-      python -m engine train --model "$model" --dataset cub-synthetic --looser --max-steps 7500 "${common[@]}" \
+      python -m engine train --preset shipped-cub-synthetic --model "$model" --dataset cub-synthetic "${common[@]}" \
         --out "$src/$name"
       ship "$name" 300 5 500 5000 0 ;;
     *) echo "unknown checkpoint name $name" >&2; exit 2 ;;

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.options import setting_argv
 from engine.registry import parse_variant
 
 ACTIVE_NAME = ".active.json"
@@ -58,22 +59,18 @@ def train_argv(name: str, runs_root: Path, model: str, dataset: str, data_fracti
     """The CLI call a dashboard training run makes (the same a user would type).
 
     ``data_root`` is passed (as --data-root) only where it is read: dataset ``cub`` or source ``real``.
-    ``looser`` adds --looser for MMVAE-family variants only (the others have no mixture to stratify).
+    ``looser`` sets --looser / --no-looser for MMVAE-family variants only (the others have no mixture to
+    stratify). The flags come from the config schema (engine.options.setting_argv).
     """
-    argv = [sys.executable, "-m", "engine", "train", "--model", model, "--dataset", dataset,
-            "--data-fraction", repr(float(data_fraction)), "--epochs", str(int(epochs)),
-            "--K", str(int(K)), "--negatives", str(int(N)), "--gamma", repr(float(gamma)),
-            "--batch-size", str(int(batch_size)), "--device", device,
-            "--out", str(Path(runs_root) / name), "--no-progress"]
-    if max_steps:
-        argv[argv.index("--epochs"):argv.index("--epochs")] = ["--max-steps", str(int(max_steps))]
-    if looser and parse_variant(model)[0] == "mmvae":
-        argv.insert(argv.index("--out"), "--looser")
-    if source != "offline":
-        argv[argv.index("--data-fraction"):argv.index("--data-fraction")] = ["--source", source]
-    if needs_data_root(dataset, source) and data_root:
-        argv[argv.index("--data-fraction"):argv.index("--data-fraction")] = ["--data-root", str(data_root)]
-    return argv
+    mixture = parse_variant(model)[0] == "mmvae"
+    settings = {"variant": model, "data.dataset": dataset, "data.source": source if source != "offline" else None,
+                "data.root": str(data_root) if needs_data_root(dataset, source) and data_root else None,
+                "data.data_fraction": float(data_fraction), "train.max_steps": int(max_steps) if max_steps else None,
+                "train.epochs": int(epochs), "objective.K": int(K), "objective.N": int(N),
+                "objective.gamma": float(gamma), "train.batch_size": int(batch_size), "train.device": device,
+                "objective.looser": bool(looser) if mixture else None}
+    return [sys.executable, "-m", "engine", "train", *setting_argv(settings), "--out", str(Path(runs_root) / name),
+            "--no-progress"]
 
 
 def needs_data_root(dataset: str, source: str) -> bool:

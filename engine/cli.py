@@ -4,164 +4,51 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import sys
 from pathlib import Path
 
-from engine.config import DATASETS, DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig
+from engine.config import FEATURES, PRESETS, DataConfig, RunConfig, resolve
 from engine.errors import ConfigError, EngineError
-from engine.registry import VARIANTS, parse_variant, variant_name
+from engine.options import (add_data_args, add_setting_flags, arg_type, data_config_from_args, flag_settings,
+                            overrides_from_args)
+from engine.validate import positive_int
 
 # Modules that add their own subcommands through add_parser(subparsers).
 COMMAND_MODULES = ("engine.evaluate", "engine.generate", "engine.reproduce", "engine.relatedness",
                    "engine.propagate", "engine.retrieval")
 
 
-def _variant(text: str) -> str:
-    try:
-        return variant_name(*parse_variant(text))
-    except EngineError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def fraction(text: str) -> float:
-    v = float(text)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return v
-
-
-def positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
-def gamma_value(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (or 'inf' for the baseline), got {text}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    v = float(text)
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return v
-
-
-def nonnegative_float(text: str) -> float:
-    v = float(text)
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return v
-
-
-def positive_or_inf(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (or 'inf' for never), got {text}")
-    return v
-
-
-def nonnegative_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """Flags that choose the data (shared by train and the evaluation commands)."""
-    p.add_argument("--dataset", default="mnist-svhn", choices=DATASETS, help="dataset (default mnist-svhn)")
-    p.add_argument("--source", default="offline", choices=("offline", "real"),
-                   help="offline: embedded default that needs no download; real: torchvision/CUB files under --data-root")
-    p.add_argument("--data-root", default=None, help="root of the real datasets (or of the synthetic CUB)")
-    p.add_argument("--download", action="store_true", help="let torchvision download MNIST/SVHN (needs internet)")
-    p.add_argument("--data-fraction", type=fraction, default=1.0, help="fraction n of each unimodal train set (§4.4)")
-    p.add_argument("--dm", type=positive_int, default=30, help="same-digit partners per instance (§4.1, default 30)")
-    p.add_argument("--features", default="efficientnet-lite0", choices=("efficientnet-lite0", "resnet101"),
-                   help="CUB image features (resnet101 needs its weights on disk)")
-
-
-# Each train flag (argparse dest) and the RunConfig settings it sets.
-TRAIN_FLAGS = {
-    "model": ("variant",), "dataset": ("data.dataset",), "source": ("data.source",), "data_root": ("data.root",),
-    "download": ("data.download",), "data_fraction": ("data.data_fraction",), "dm": ("data.dm",),
-    "features": ("data.features",), "latent_dim": ("model.latent_dim",), "learn_prior": ("model.learn_prior",),
-    "alpha": ("model.alpha",), "K": ("objective.K",), "negatives": ("objective.N",), "gamma": ("objective.gamma",),
-    "dreg": ("objective.dreg",), "looser": ("objective.looser",), "epochs": ("train.epochs",),
-    "max_steps": ("train.max_steps",), "batch_size": ("train.batch_size",), "lr": ("train.lr",),
-    "seed": ("data.seed", "train.seed"), "device": ("train.device",), "max_nonfinite": ("train.max_nonfinite",),
-    "k_chunk": ("train.k_chunk",), "precision": ("train.precision",),
-    "checkpoint_every": ("train.checkpoint_every",), "checkpoint_minutes": ("train.checkpoint_minutes",),
-    "divergence_tolerance": ("train.divergence_tolerance",),
-}
-
-
 def config_from_args(a: argparse.Namespace) -> RunConfig:
-    family, contrastive = parse_variant(a.model)
-    cfg = RunConfig(data=DataConfig(), model=ModelConfig(), objective=ObjectiveConfig(), train=TrainConfig())
-    for dest, settings in TRAIN_FLAGS.items():
-        for setting in settings:
-            section, _, name = setting.rpartition(".")
-            setattr(getattr(cfg, section) if section else cfg, name, getattr(a, dest))
-    cfg.variant, cfg.model.family, cfg.objective.contrastive = variant_name(family, contrastive), family, contrastive
-    if a.latent_dim is None:
-        cfg.model.latent_dim = 20 if a.dataset == "mnist-svhn" else 64
-    return cfg.validate()
+    """The run the train flags ask for: --config FILE (else the defaults), --preset, then the flags typed."""
+    base = RunConfig.load(a.config) if a.config else None
+    return resolve(a.preset, overrides_from_args(a, given_flags(a.argv)), base=base)
+
+
+def given_flags(argv: list[str]) -> list[str]:
+    """The dests of the setting flags typed in the train command line ``argv`` (defaults left out)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    train_parser = add_train_parser(parser.add_subparsers(dest="command"))
+    unset = object()
+    dests = flag_settings()
+    train_parser.set_defaults(**{dest: unset for dest in dests})
+    a = parser.parse_args(argv)
+    return [d for d in dests if getattr(a, d) is not unset]
 
 
 def given_settings(argv: list[str]) -> dict[str, str]:
     """The settings the train flags typed in ``argv`` set (dotted name -> flag), defaults left out."""
-    parser = argparse.ArgumentParser(add_help=False)
-    train_parser = add_train_parser(parser.add_subparsers(dest="command"))
-    unset = object()
-    train_parser.set_defaults(**{dest: unset for dest in TRAIN_FLAGS})
-    a = parser.parse_args(argv)
-    return {s: "--" + d.replace("_", "-") for d, settings in TRAIN_FLAGS.items() if getattr(a, d) is not unset
-            for s in settings}
+    table = flag_settings()
+    return {s: "--" + d.replace("_", "-") for d in given_flags(argv) for s in table[d]}
 
 
 def add_train_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one of the nine variants",
-                       description="Train a variant; writes config.json, checkpoint.pt and metrics.jsonl to --out.")
-    p.add_argument("--model", type=_variant, default="MMVAE", help=f"variant, case-insensitive: {', '.join(VARIANTS)}")
-    add_data_args(p)
-    p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimiser steps")
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--K", type=positive_int, default=30, help="importance samples (default 30)")
-    p.add_argument("--negatives", type=positive_int, default=5, help="N in-batch negatives per pair (default 5)")
-    p.add_argument("--gamma", type=gamma_value, default=2.0, help="gamma of eq. (4) (default 2; inf = baseline)")
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--latent-dim", type=positive_int, default=None,
-                   help="latent dimensions (default 20 for MNIST-SVHN, 64 for CUB as Shi et al. 2019)")
-    p.add_argument("--learn-prior", action="store_true", help="learnable prior scale (MMVAE)")
-    p.add_argument("--alpha", type=nonnegative_float, default=0.01, help="JMVAE-kl weight (default 0.01)")
-    p.add_argument("--dreg", action="store_true", help="DReG gradients for the IWAE term (MMVAE; with --looser, "
-                        "Shi et al. 2019's m_dreg_looser, their MNIST-SVHN setting)")
-    p.add_argument("--looser", action="store_true",
-                   help="MMVAE: average the IWAE of each expert's samples instead of one IWAE over all "
-                        "(Shi et al. 2019's looser bound; keeps both experts trained on CUB)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--max-nonfinite", type=positive_int, default=10,
-                   help="stop after this many non-finite losses in a row")
-    p.add_argument("--k-chunk", type=positive_int, default=None,
-                   help="evaluate the K samples in chunks of this size: flat peak memory, same result")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="bf16: encoders and decoders under bf16 autocast (CPU with AVX-512 BF16 or AMX, CUDA); "
-                        "likelihoods, log weights and the optimiser stay fp32")
-    p.add_argument("--checkpoint-every", type=positive_int, default=500,
-                   help="save checkpoint.pt every this many steps (default 500)")
-    p.add_argument("--checkpoint-minutes", type=positive_or_inf, default=10.0,
-                   help="also save when this many minutes passed since the last save (default 10; inf: never)")
-    p.add_argument("--divergence-tolerance", type=positive_or_inf, default=1.0,
-                   help="stop when the held-out IWAE falls more than this times |best| below the best "
-                        "(default 1: twice as bad; inf: never)")
+                       description="Train a variant; writes config.json, checkpoint.pt and metrics.jsonl to --out. "
+                                   "Every setting has a flag (generated from engine.config).")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="start from this saved config.json (the flags typed override it)")
+    p.add_argument("--preset", default=None, choices=tuple(PRESETS), help="a named partial config (flags override it)")
+    add_setting_flags(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<MODEL>-<dataset>-s<seed>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in --out where it stopped (an error if there is none)")
@@ -179,6 +66,8 @@ def run_train(a: argparse.Namespace) -> int:
 
     if a.allow_fresh and not a.resume:
         raise ConfigError("--allow-fresh only applies with --resume")
+    if a.config and a.resume:
+        raise ConfigError("--resume continues the checkpoint's own config; --config starts a new run")
     cfg = config_from_args(a)
     out = Path(a.out or f"runs/{cfg.variant}-{cfg.data.dataset}-s{cfg.train.seed}")
     try:
@@ -223,8 +112,8 @@ def add_data_parser(sub) -> None:
     c = dsub.add_parser("cub-synthetic", help="write procedural birds and captions in the CUB layout")
     c.add_argument("--out", required=True)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--images", type=positive_int, default=None, help="number of images (default: the generator's)")
-    c.add_argument("--features", default=None, choices=("efficientnet-lite0", "resnet101"),
+    c.add_argument("--images", type=arg_type(positive_int), default=None, help="number of images (default: the generator's)")
+    c.add_argument("--features", default=None, choices=FEATURES,
                    help="also extract and cache these image features")
     c.set_defaults(func=run_data_cub)
     s = dsub.add_parser("mnist-svhn", help="load (and cache) the MNIST-SVHN sources and print their sizes")
@@ -270,8 +159,7 @@ def run_data_cub(a: argparse.Namespace) -> int:
 def run_data_mnist_svhn(a: argparse.Namespace) -> int:
     from engine.data.mnist_svhn import build_mnist_svhn
 
-    a.dataset = "mnist-svhn"
-    d = build_mnist_svhn(DataConfig("mnist-svhn", a.source, a.data_root, a.download, a.data_fraction, a.dm, a.seed))
+    d = build_mnist_svhn(data_config_from_args(a, dataset="mnist-svhn", seed=a.seed))
     print(json.dumps({"train_pairs": len(d.train), "test_pairs": len(d.test), "sources": d.sources}, indent=2))
     return 0
 
@@ -319,4 +207,4 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["main", "build_parser", "add_data_args", "config_from_args", "given_settings", "TRAIN_FLAGS"]
+__all__ = ["main", "build_parser", "config_from_args", "given_settings"]

@@ -1,9 +1,14 @@
-"""Typed run configuration: dataclasses saved as JSON beside every checkpoint.
+"""Typed run configuration: dataclasses saved as JSON beside every checkpoint, and the schema.
 
-A run's ``config.json`` holds a ``RunConfig``; it alone is enough to rebuild the model.
+A run's ``config.json`` holds a ``RunConfig``; it alone is enough to rebuild the model. Every
+setting is one dataclass field whose ``metadata`` (see ``setting``) holds its help text, its check
+(engine.validate), its command-line flag and whether it may change on ``--resume``; the ``train``
+flags, the saved config, presets and resume are all generated from these fields. ``resolve``
+merges the defaults, the dataset-dependent defaults, a preset and explicit overrides.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -11,118 +16,125 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
+from engine import validate as V
 from engine.errors import ConfigError
-from engine.registry import parse_variant
+from engine.registry import parse_variant, variant_name
 
 DATASETS = ("mnist-svhn", "cub", "cub-synthetic")
 SOURCES = ("offline", "real")
+FEATURES = ("efficientnet-lite0", "resnet101")
+PRECISIONS = ("fp32", "bf16")
+SECTIONS = ("data", "model", "objective", "train")
+
+
+def setting(default: Any = None, help: str = "", check: Callable[[Any], Any] | None = None, *,
+            flag: str | None = "", safe_on_resume: bool = False, derived: bool = False,
+            default_for: Callable[["RunConfig"], Any] | None = None):
+    """One setting: a dataclass field with its help text, its check, its flag ("": --field-name;
+    None: no flag), whether ``--resume`` may change it, whether it is derived (filled in from the
+    variant or the data, never chosen) and its dataset-dependent default ``default_for(cfg)``."""
+    return field(default=default, metadata={"help": help, "check": check, "flag": None if derived else flag,
+                                            "safe_on_resume": safe_on_resume, "derived": derived,
+                                            "default_for": default_for})
+
+
+def _is_cub(cfg: "RunConfig") -> bool:
+    return cfg.data.dataset != "mnist-svhn"
 
 
 @dataclass
 class DataConfig:
     """Which data, how much of it, and how pairs are made (paper §4.1, §4.4)."""
 
-    dataset: str = "mnist-svhn"
-    source: str = "offline"          # offline: embedded default; real: torchvision / CUB files under root
-    root: str | None = None          # data root for real sources (and cub-synthetic output)
-    download: bool = False           # allow torchvision downloads (needs internet)
-    data_fraction: float = 1.0       # n% of each unimodal set, taken before pairing
-    dm: int = 30                     # partners of the same digit per instance (MNIST-SVHN pairing)
-    seed: int = 0
-    features: str = "efficientnet-lite0"   # CUB image features: efficientnet-lite0 | resnet101
+    dataset: str = setting("mnist-svhn", "dataset", V.one_of(DATASETS))
+    source: str = setting("offline", "offline: embedded default that needs no download; real: torchvision/CUB "
+                          "files under --data-root", V.one_of(SOURCES))
+    root: str | None = setting(None, "root of the real datasets (or of the synthetic CUB)", flag="--data-root")
+    download: bool = setting(False, "let torchvision download MNIST/SVHN (needs internet)")
+    data_fraction: float = setting(1.0, "fraction n of each unimodal train set (§4.4)", V.fraction)
+    dm: int = setting(30, "same-digit partners per instance (§4.1)", V.positive_int)
+    seed: int = setting(0, "seed of the pairing, the data and the training", V.integer, flag="--seed")
+    features: str = setting("efficientnet-lite0", "CUB image features (resnet101 needs its weights on disk)",
+                            V.one_of(FEATURES))
 
     def validate(self) -> None:
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("source", self.source, SOURCES)
-        _choice("features", self.features, ("efficientnet-lite0", "resnet101"))
-        if not 0.0 < self.data_fraction <= 1.0:
-            raise ConfigError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if self.dm < 1:
-            raise ConfigError(f"dm must be >= 1, got {self.dm}")
+        _check_fields(self)
 
 
 @dataclass
 class ModelConfig:
     """Architecture: the model family and the latent space."""
 
-    family: str = "mmvae"            # mmvae | mvae | jmvae
-    latent_dim: int = 20
-    learn_prior: bool = False        # learnable prior scale (MMVAE)
-    alpha: float = 0.01              # JMVAE-kl weight on the KL(q(z|x,y) || q(z|x_m)) terms
-    vocab_size: int = 0              # CUB sentence model (filled in from the data)
-    feature_dim: int = 0             # CUB image features width (filled in from the data)
+    family: str = setting("mmvae", "model family (from the variant)", V.one_of(("mmvae", "mvae", "jmvae")),
+                          derived=True)
+    latent_dim: int = setting(20, "latent dimensions (default 20 for MNIST-SVHN, 64 for CUB as Shi et al. 2019)",
+                              V.positive_int, default_for=lambda cfg: 64 if _is_cub(cfg) else 20)
+    learn_prior: bool = setting(False, "learnable prior scale (MMVAE)")
+    alpha: float = setting(0.01, "JMVAE-kl weight on the KL(q(z|x,y) || q(z|x_m)) terms", V.nonnegative_float)
+    vocab_size: int = setting(0, "CUB sentence model (filled in from the data)", derived=True)
+    feature_dim: int = setting(0, "CUB image features width (filled in from the data)", derived=True)
 
     def validate(self) -> None:
-        _choice("family", self.family, ("mmvae", "mvae", "jmvae"))
-        if self.latent_dim < 1:
-            raise ConfigError(f"latent_dim must be >= 1, got {self.latent_dim}")
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ConfigError(f"alpha must be a finite number >= 0, got {self.alpha}")
+        _check_fields(self)
 
 
 @dataclass
 class ObjectiveConfig:
     """Eq. (4): -gamma * log p(x,y) + 1/2 [log sum_N p(x',y) + log sum_N p(x,y')]."""
 
-    contrastive: str | None = None   # None: the model's usual objective; "iwae" (cI-) or "cubo" (cC-)
-    K: int = 30
-    N: int = 5
-    gamma: float = 2.0
-    dreg: bool = False               # DReG gradients for MMVAE's IWAE term
-    looser: bool = False             # MMVAE: term 1 by the looser stratified bound (objectives.looser)
+    contrastive: str | None = setting(None, "None: the model's usual objective; iwae (cI-) or cubo (cC-)",
+                                      V.one_of((None, "iwae", "cubo")), derived=True)
+    K: int = setting(30, "importance samples", V.positive_int, flag="--K")
+    N: int = setting(5, "N in-batch negatives per pair", V.positive_int, flag="--negatives")
+    gamma: float = setting(2.0, "gamma of eq. (4) (inf = baseline)", V.gamma_value)
+    dreg: bool = setting(False, "DReG gradients for the IWAE term (MMVAE; with --looser, Shi et al. 2019's "
+                         "m_dreg_looser, their MNIST-SVHN setting)")
+    looser: bool = setting(False, "MMVAE: average the IWAE of each expert's samples instead of one IWAE over all "
+                           "(Shi et al. 2019's looser bound; keeps both experts trained on CUB, on by default there)",
+                           default_for=lambda cfg: _is_cub(cfg) and parse_variant(cfg.variant)[0] == "mmvae")
 
     def validate(self) -> None:
-        if self.contrastive not in (None, "iwae", "cubo"):
-            raise ConfigError(f"contrastive must be one of None, 'iwae', 'cubo', got {self.contrastive!r}")
-        if self.K < 1:
-            raise ConfigError(f"K must be >= 1, got {self.K}")
-        if self.N < 1:
-            raise ConfigError(f"N (negatives) must be >= 1, got {self.N}")
-        if not (self.gamma > 0 or math.isinf(self.gamma)):
-            raise ConfigError(f"gamma must be > 0, got {self.gamma}")
+        _check_fields(self)
 
 
 @dataclass
 class TrainConfig:
     """The optimisation loop."""
 
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    max_nonfinite: int = 10          # stop after this many non-finite losses in a row
-    k_chunk: int | None = None       # evaluate the K samples in chunks of this size (flat peak memory)
-    precision: str = "fp32"          # fp32 | bf16: encoder/decoder networks under bf16 autocast (CPU, CUDA)
-    checkpoint_every: int = 500      # save checkpoint.pt every this many steps ...
-    checkpoint_minutes: float = 10.0  # ... and after this many minutes since the last save (inf: never)
-    divergence_tolerance: float = 1.0  # stop when held-out IWAE < best - tolerance * |best| (inf: never)
+    epochs: int = setting(10, "training epochs", V.positive_int, safe_on_resume=True)
+    max_steps: int | None = setting(None, "stop after this many optimiser steps", V.positive_int,
+                                    safe_on_resume=True)
+    batch_size: int = setting(128, "pairs per batch", V.positive_int)
+    lr: float = setting(1e-3, "Adam learning rate", V.positive_float)
+    seed: int = setting(0, "seed of the pairing, the data and the training", V.integer, flag="--seed")
+    device: str = setting("auto", "device", V.one_of(V.DEVICES), safe_on_resume=True)
+    max_nonfinite: int = setting(10, "stop after this many non-finite losses in a row", V.positive_int,
+                                 safe_on_resume=True)
+    k_chunk: int | None = setting(None, "evaluate the K samples in chunks of this size: flat peak memory, same "
+                                  "result", V.positive_int, safe_on_resume=True)
+    precision: str = setting("fp32", "bf16: encoders and decoders under bf16 autocast (CPU with AVX-512 BF16 or "
+                             "AMX, CUDA); likelihoods, log weights and the optimiser stay fp32",
+                             V.one_of(PRECISIONS), safe_on_resume=True)
+    checkpoint_every: int = setting(500, "save checkpoint.pt every this many steps", V.positive_int,
+                                    safe_on_resume=True)
+    checkpoint_minutes: float = setting(10.0, "also save when this many minutes passed since the last save "
+                                        "(inf: never)", V.positive_or_inf, safe_on_resume=True)
+    divergence_tolerance: float = setting(1.0, "stop when the held-out IWAE falls more than this times |best| "
+                                          "below the best (1: twice as bad; inf: never)", V.positive_or_inf,
+                                          safe_on_resume=True)
 
     def validate(self) -> None:
-        _choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
-        _choice("precision", self.precision, ("fp32", "bf16"))
-        if self.k_chunk is not None and self.k_chunk < 1:
-            raise ConfigError(f"k_chunk must be >= 1, got {self.k_chunk}")
-        for name in ("epochs", "batch_size", "max_nonfinite", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
-        for name in ("checkpoint_minutes", "divergence_tolerance"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0 (inf: never), got {getattr(self, name)}")
+        _check_fields(self)
 
 
 @dataclass
 class RunConfig:
     """Everything needed to rebuild and retrain a run."""
 
-    variant: str = "MMVAE"
+    variant: str = setting("MMVAE", "variant, case-insensitive: MMVAE, cI-MMVAE, cC-MMVAE, MVAE, cI-MVAE, "
+                           "cC-MVAE, JMVAE, cI-JMVAE, cC-JMVAE", V.variant, flag="--model")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -205,6 +217,134 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
     raise ConfigError(f"config entry {name} must be {names}, got {value!r} ({type(value).__name__})")
 
 
-def _choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _check_fields(part) -> None:
+    """Run each field's check on its value (None is fine where the field's default is None)."""
+    for f in dataclasses.fields(part):
+        check, value = f.metadata.get("check"), getattr(part, f.name)
+        if check is None or (value is None and f.default is None):
+            continue
+        try:
+            check(value)
+        except ValueError as e:
+            raise ConfigError(f"{f.name} {e}") from None
+
+
+# ---- the schema -------------------------------------------------------------------------------
+def settings() -> dict[str, dataclasses.Field]:
+    """Every setting of a RunConfig by dotted name ('variant', 'objective.K', ...), in field order."""
+    hints = typing.get_type_hints(RunConfig)
+    out = {"variant": next(f for f in dataclasses.fields(RunConfig) if f.name == "variant")}
+    for section in SECTIONS:
+        out.update({f"{section}.{f.name}": f for f in dataclasses.fields(hints[section])})
+    return out
+
+
+def flag_of(name: str) -> str | None:
+    """The command-line flag of a setting ('train.max_steps' -> '--max-steps'); None if it has none."""
+    f = settings()[name]
+    flag = f.metadata["flag"]
+    return flag or (None if flag is None else "--" + f.name.replace("_", "-"))
+
+
+def get_setting(cfg: RunConfig, name: str) -> Any:
+    section, _, key = name.rpartition(".")
+    return getattr(getattr(cfg, section) if section else cfg, key)
+
+
+def set_setting(cfg: RunConfig, name: str, value: Any) -> None:
+    section, _, key = name.rpartition(".")
+    setattr(getattr(cfg, section) if section else cfg, key, value)
+
+
+def flat(cfg: RunConfig) -> dict[str, Any]:
+    """Every setting of ``cfg`` by dotted name ('objective.K': 30)."""
+    return {name: get_setting(cfg, name) for name in settings()}
+
+
+def marked(key: str) -> tuple[str, ...]:
+    """The settings whose metadata ``key`` is true ('safe_on_resume', 'derived')."""
+    return tuple(n for n, f in settings().items() if f.metadata[key])
+
+# Named partial configs (dotted setting -> value): the one preset system, used by
+# ``train --preset``, reproduce, propagate and checkpoints/make.sh.
+PRESETS: dict[str, dict[str, Any]] = {
+    # reproduce: the paper's Table 1 settings (30 epochs: Shi et al. 2019's MNIST-SVHN setting) and the
+    # 2-core CPU cut (see engine.reproduce.cpu_preset for the reasons)
+    "reproduce-paper": {"train.epochs": 30},
+    "reproduce-cpu": {"objective.K": 2, "objective.N": 2, "data.dm": 5, "train.epochs": 100,
+                      "train.max_steps": 3000, "train.batch_size": 32, "model.learn_prior": True},
+    # propagate: the paper's §4 settings, and a small one (10% of each set, dm 5 -> 10k pairs, K 5, 120 steps)
+    "propagate-paper": {"data.data_fraction": 1.0, "data.dm": 30, "objective.K": 30, "objective.N": 5,
+                        "train.epochs": 10, "train.max_steps": None, "train.batch_size": 128},
+    "propagate-cpu": {"data.data_fraction": 0.1, "data.dm": 5, "objective.K": 5, "objective.N": 5,
+                      "train.epochs": 10, "train.max_steps": 120, "train.batch_size": 32},
+    # the shipped checkpoints (checkpoints/make.sh; the bird models also take the looser bound, CUB's default)
+    "shipped-mnist-svhn": {"train.batch_size": 32, "objective.K": 2, "objective.N": 5, "objective.gamma": 2.0,
+                           "train.lr": 1e-3, "model.learn_prior": True, "train.seed": 0, "data.seed": 0,
+                           "train.epochs": 100, "data.dm": 2, "train.max_steps": 10000},
+    "shipped-cub-synthetic": {"train.batch_size": 32, "objective.K": 2, "objective.N": 5, "objective.gamma": 2.0,
+                              "train.lr": 1e-3, "model.learn_prior": True, "train.seed": 0, "data.seed": 0,
+                              "train.epochs": 100, "train.max_steps": 7500, "objective.looser": True},
+}
+
+
+def preset_settings(preset: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The partial config a preset name (or a partial config itself, or None) stands for."""
+    if preset is None:
+        return {}
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return dict(PRESETS[preset])
+    return dict(preset)
+
+
+def resolve(preset: str | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None,
+            dataset: str | None = None, base: RunConfig | None = None) -> RunConfig:
+    """The validated RunConfig: ``base`` (default: the defaults plus the dataset-dependent defaults of
+    the settings nobody chose), then the preset, then ``dataset``, then ``overrides`` (dotted names).
+    The family and contrastive estimator follow the variant."""
+    partial = {**preset_settings(preset), **({"data.dataset": dataset} if dataset else {}), **(overrides or {})}
+    known = settings()
+    unknown = sorted(set(partial) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown settings {unknown}; expected dotted names such as objective.K")
+    cfg = copy.deepcopy(base) if base is not None else RunConfig()
+    for name, value in partial.items():
+        set_setting(cfg, name, value)
+    if base is None:
+        for name, f in known.items():
+            if f.metadata["default_for"] is not None and name not in partial:
+                set_setting(cfg, name, f.metadata["default_for"](cfg))
+    family, contrastive = parse_variant(cfg.variant)
+    cfg.variant, cfg.model.family, cfg.objective.contrastive = variant_name(family, contrastive), family, contrastive
+    return cfg.validate()
+
+
+def resume_config(saved: RunConfig, cfg: RunConfig, given: dict[str, str] | None,
+                  path) -> tuple[RunConfig, list[str]]:
+    """The config a resumed run continues with, and the changes applied to it.
+
+    ``given`` maps the settings the caller chose (dotted names) to how to call them in messages
+    (the CLI passes the flags typed on its command line); None means every setting of ``cfg``.
+    Settings marked ``safe_on_resume`` that differ are merged into ``saved`` (``resolve``); any
+    other that differs is a conflict, and all conflicts are refused together (ConfigError).
+    """
+    old, new, safe = flat(saved), flat(cfg), marked("safe_on_resume")
+    names = given if given is not None else {k: k for k in new if k not in marked("derived")}
+    conflicts, changes, merged = {}, {}, {}
+    for key, label in names.items():
+        if old[key] == new[key]:
+            continue
+        if key in safe:
+            merged[key] = new[key]
+            changes.setdefault(label, f"{label} {new[key]} (was {old[key]})")
+        else:
+            conflicts.setdefault(label, f"{label} {new[key]} (the run has {old[key]})")
+    if conflicts:
+        raise ConfigError(f"--resume continues {path} with its own settings, and these differ from them: "
+                          f"{'; '.join(conflicts.values())}. Drop them to continue, or train into a new --out "
+                          f"(safe to change on resume: {', '.join(k.split('.')[1] for k in safe)})")
+    return resolve(overrides=merged, base=saved), list(changes.values())

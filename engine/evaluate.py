@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from engine.cli import nonnegative_int, positive_int
 from engine.checkpoints import atomic_write_text
 from engine.errors import ConfigError, EngineError
 from engine.metrics.alignment import expert_alignment
 from engine.metrics.attributes import caption_quality
+from engine.options import add_device_arg, arg_type
+from engine.validate import nonnegative_int, positive_int
 
 METRICS_NAME = "metrics.json"
 TEST_SUBSET_SEED = 0          # the evaluated test pairs do not depend on the run, so runs compare
@@ -201,15 +202,15 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON (default: a summary)")
-    p.add_argument("--samples", type=positive_int, default=10000, help="prior samples for joint coherence (10000)")
-    p.add_argument("--ll-samples", type=nonnegative_int, default=1000,
+    p.add_argument("--samples", type=arg_type(positive_int), default=10000, help="prior samples for joint coherence (10000)")
+    p.add_argument("--ll-samples", type=arg_type(nonnegative_int), default=1000,
                    help="importance samples per likelihood (1000; 0 skips likelihoods)")
-    p.add_argument("--test-pairs", type=positive_int, default=10000, help="test pairs for cross/synergy coherence")
-    p.add_argument("--ll-pairs", type=positive_int, default=1000, help="test pairs for the likelihoods (1000)")
-    p.add_argument("--latent-max", type=positive_int, default=None, help="cap on items for latent accuracy")
-    p.add_argument("--k-chunk", type=positive_int, default=50, help="importance samples per chunk (memory bound)")
+    p.add_argument("--test-pairs", type=arg_type(positive_int), default=10000, help="test pairs for cross/synergy coherence")
+    p.add_argument("--ll-pairs", type=arg_type(positive_int), default=1000, help="test pairs for the likelihoods (1000)")
+    p.add_argument("--latent-max", type=arg_type(positive_int), default=None, help="cap on items for latent accuracy")
+    p.add_argument("--k-chunk", type=arg_type(positive_int), default=50, help="importance samples per chunk (memory bound)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_evaluate)
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import ConfigError
+from engine.options import add_device_arg
 
 
 def modes(names: tuple[str, ...]) -> list[str]:
@@ -117,7 +118,7 @@ def add_parser(sub) -> None:
     p.add_argument("--n", type=int, default=64, help="number of items (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output file: .png grid or .npz arrays")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_device_arg(p)
     p.set_defaults(func=run_generate)
 
 

@@ -24,24 +24,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.cli import positive_int
 from engine.checkpoints import atomic_write_text
+from engine.config import preset_settings, resolve
 from engine.data.paired import PairedDataset
 from engine.data.pairing import unrelated_pairs
 from engine.errors import ConfigError, DataError
+from engine.options import add_data_args, add_device_arg, arg_type, data_config_from_args, flag_settings
 from engine.relatedness import classification_report, evaluate_relatedness, fit_threshold, score_index
+from engine.validate import positive_int, variant
 
 COMPARE_MODELS = ("MMVAE", "cI-MMVAE", "cC-MMVAE", "siamese")
 PAPER_F8F = {"MMVAE": (36.13, 13.20, 0.193), "cI-MMVAE": (65.70, 17.02, 0.270),
              "cC-MMVAE": (42.71, 15.12, 0.223), "siamese": (68.20, 14.74, 0.242)}
-# Settings per preset; explicit flags win. "cpu" cuts data (10% of each unimodal set, dm 5 ->
-# 10k train pairs), K (5), steps (120 at batch 32) and the scored part of Fm (2000 pairs).
-PRESETS = {
-    "paper": dict(data_fraction=1.0, dm=30, K=30, negatives=5, epochs=10, max_steps=None, batch_size=128,
-                  fm_pairs=None, eval_pairs=1000),
-    "cpu": dict(data_fraction=0.1, dm=5, K=5, negatives=5, epochs=10, max_steps=120, batch_size=32,
-                fm_pairs=2000, eval_pairs=300),
-}
+# Scoring sizes per preset (its training settings are engine.config.PRESETS["propagate-<name>"]);
+# explicit flags win. "cpu" scores 2000 pairs of Fm.
+SCORING = {"paper": dict(fm_pairs=None, eval_pairs=1000), "cpu": dict(fm_pairs=2000, eval_pairs=300)}
+# The propagate flags that set run settings, and those settings.
+TRAIN_FLAGS = flag_settings(("objective.K", "objective.N", "train.epochs", "train.max_steps", "train.batch_size"))
 
 
 @dataclass
@@ -132,14 +131,12 @@ class PropagateSettings:
 
 
 def run_config(s: PropagateSettings, data_cfg):
-    """The RunConfig g trains with: the variant, the data and the training settings of ``s``."""
-    from engine.config import ModelConfig, ObjectiveConfig, RunConfig, TrainConfig
-    from engine.registry import parse_variant, variant_name
-
-    family, contrastive = parse_variant(s.model)
-    return RunConfig(variant=variant_name(family, contrastive), data=dataclasses.replace(data_cfg),
-                     model=ModelConfig(family), objective=ObjectiveConfig(contrastive, s.K, s.negatives),
-                     train=TrainConfig(s.epochs, s.max_steps, s.batch_size, seed=s.seed, device=s.device)).validate()
+    """The RunConfig g trains with: the variant, the data and the training settings of ``s``; the rest
+    are the defaults for the dataset (on CUB: latent 64, and the looser bound for MMVAE)."""
+    return resolve(overrides={"variant": s.model, **{f"data.{k}": v for k, v in dataclasses.asdict(data_cfg).items()},
+                              "objective.K": s.K, "objective.N": s.negatives, "train.epochs": s.epochs,
+                              "train.max_steps": s.max_steps, "train.batch_size": s.batch_size,
+                              "train.seed": s.seed, "train.device": s.device})
 
 
 def _train_steps(s: PropagateSettings, n_pairs: int) -> int:
@@ -300,14 +297,10 @@ def compare(settings: PropagateSettings, data_cfg, report_dir: str | Path, runs_
 def _model_name(text: str) -> str:
     if text.strip().lower() == "siamese":
         return "siamese"
-    from engine.cli import _variant
-
-    return _variant(text)
+    return arg_type(variant)(text)
 
 
 def add_parser(sub) -> None:
-    from engine.cli import add_data_args
-
     p = sub.add_parser("propagate", help="label propagation by relatedness (paper §4.5, Figures 7 and 8f)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=_model_name, default="cI-MMVAE", help="a variant (e.g. cI-MMVAE) or 'siamese'")
@@ -316,23 +309,22 @@ def add_parser(sub) -> None:
                                                            "report metrics before and after")
     p.add_argument("--compare", action="store_true",
                    help="Figure 8f: MMVAE, cI-MMVAE, cC-MMVAE and Siamese on the same splits")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="paper",
+    p.add_argument("--preset", choices=tuple(SCORING), default="paper",
                    help="settings for unset flags: paper (§4 settings) or cpu (small: data fraction 0.1, dm 5, "
                         "K 5, 120 steps at batch 32, 2000 scored Fm pairs; ~20 min for --compare on 2 cores)")
     p.add_argument("--out", default=None, help="output directory (default runs/propagate-<model>-s<seed>; "
                                                "with --compare the report directory, default reports/relatedness)")
     p.add_argument("--runs", default=None,
                    help="--compare: where the models train (default runs/propagate-compare-s<seed>)")
-    add_data_args(p)
-    p.set_defaults(data_fraction=None, dm=None)
+    add_data_args(p, data_fraction=None, dm=None)
     for flag, help_ in (("--K", "importance samples for training and PMI"), ("--negatives", "N negatives per pair"),
                         ("--epochs", "training epochs on Sr"), ("--max-steps", "stop training after this many steps"),
                         ("--batch-size", "training batch size"),
                         ("--fm-pairs", "score a balanced random subset of Fm of this size"),
                         ("--eval-pairs", "test pairs per class for the --retrain AUC")):
-        p.add_argument(flag, type=positive_int, default=None, help=help_ + " (default: the preset's)")
+        p.add_argument(flag, type=arg_type(positive_int), default=None, help=help_ + " (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_propagate)
@@ -340,20 +332,17 @@ def add_parser(sub) -> None:
 
 def settings_from_args(a: argparse.Namespace):
     """(PropagateSettings, DataConfig): explicit flags, else the preset's values."""
-    from engine.config import DataConfig
+    preset = {**preset_settings(f"propagate-{a.preset}"), **SCORING[a.preset]}
 
-    preset = PRESETS[a.preset]
+    def pick(dest, name=None):
+        v = getattr(a, dest)
+        return preset[name or dest] if v is None else v
 
-    def pick(name):
-        v = getattr(a, name)
-        return preset[name] if v is None else v
-
-    data_cfg = DataConfig(a.dataset, a.source, a.data_root, a.download, pick("data_fraction"), pick("dm"),
-                          a.seed, a.features)
-    data_cfg.validate()
-    s = PropagateSettings(a.model, a.related_fraction, pick("K"), pick("negatives"), pick("epochs"),
-                          pick("max_steps"), pick("batch_size"), a.seed, a.device, pick("fm_pairs"),
-                          pick("eval_pairs"), a.retrain)
+    data_cfg = data_config_from_args(a, data_fraction=pick("data_fraction", "data.data_fraction"),
+                                     dm=pick("dm", "data.dm"), seed=a.seed)
+    train = {dest: pick(dest, names[0]) for dest, names in TRAIN_FLAGS.items()}
+    s = PropagateSettings(a.model, a.related_fraction, seed=a.seed, device=a.device, fm_pairs=pick("fm_pairs"),
+                          eval_pairs=pick("eval_pairs"), retrain=a.retrain, **train)
     if not 0 < s.related_fraction < 1:
         raise ConfigError(f"--related-fraction must be in (0, 1), got {s.related_fraction}")
     return s, data_cfg
@@ -381,4 +370,4 @@ def run_propagate(a: argparse.Namespace) -> int:
 
 
 __all__ = ["Splits", "make_splits", "restrict", "subsample_balanced", "PropagateSettings", "run_config",
-           "evaluate_run", "propagate", "compare", "PRESETS", "add_parser"]
+           "evaluate_run", "propagate", "compare", "SCORING", "add_parser"]

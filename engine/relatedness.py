@@ -26,6 +26,7 @@ from engine import objectives as O
 from engine.errors import ConfigError, DataError
 from engine.models import MMVAE
 from engine.models import distributions as D
+from engine.options import add_device_arg, add_K_arg
 from engine.thresholds import classification_report, fit_threshold, roc_pr_curves, split_fit_report  # noqa: F401
 
 STREAMS = {"x": 0, "y": 1, "ux": 2, "uy": 3}   # joint noise of x / y items, marginal noise of x / y
@@ -254,10 +255,10 @@ def add_parser(sub) -> None:
                                    "relatedness.json, pmi_related.npy and pmi_unrelated.npy beside the checkpoint.")
     p.add_argument("run_dir", help="run directory (or checkpoint.pt)")
     p.add_argument("--pairs", type=int, default=1000, help="related and unrelated pairs each (default 1000)")
-    p.add_argument("--K", type=int, default=30, help="importance samples per IWAE estimate (default 30)")
+    add_K_arg(p, 30, "importance samples per IWAE estimate (default 30)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_relatedness)
 

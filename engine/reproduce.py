@@ -30,10 +30,11 @@ from typing import Callable
 
 import numpy as np
 
-from engine.cli import fraction, gamma_value
-from engine.config import DataConfig, ModelConfig, ObjectiveConfig, RunConfig, TrainConfig
+from engine.config import DataConfig, RunConfig, preset_settings, resolve
 from engine.errors import ConfigError
+from engine.options import add_device_arg, add_setting_flags, arg_type
 from engine.registry import VARIANTS, parse_variant, variant_name
+from engine.validate import fraction, gamma_value
 
 # (key in metrics.json, sub-key, Table 1 column header)
 COLUMNS = [("latent_accuracy", "mnist", "Latent acc. M"), ("latent_accuracy", "svhn", "Latent acc. S"),
@@ -43,6 +44,10 @@ COLUMNS = [("latent_accuracy", "mnist", "Latent acc. M"), ("latent_accuracy", "s
            ("synergy_coherence", "joint_to_svhn", "Synergy joint→S")]
 ABLATION_GAMMAS = (1.0, 1.1, 2.0, 5.0, 10.0, math.inf)
 ABLATION_VARIANT = "cI-MMVAE"
+# The Preset fields that are run settings, and those settings (engine.config).
+RUN_SETTINGS = {"K": "objective.K", "N": "objective.N", "gamma": "objective.gamma", "latent_dim": "model.latent_dim",
+                "learn_prior": "model.learn_prior", "dm": "data.dm", "epochs": "train.epochs",
+                "max_steps": "train.max_steps", "batch_size": "train.batch_size", "lr": "train.lr"}
 
 
 @dataclass
@@ -73,14 +78,17 @@ class Preset:
 
     def run_config(self, variant: str, fraction: float, seed: int, gamma: float, source: str = "offline",
                    root: str | None = None, download: bool = False, device: str = "auto") -> RunConfig:
-        family, contrastive = parse_variant(variant)
-        return RunConfig(
-            variant=variant_name(family, contrastive),
-            data=DataConfig("mnist-svhn", source, root, download, fraction, self.dm, seed),
-            model=ModelConfig(family, self.latent_dim, self.learn_prior),
-            objective=ObjectiveConfig(contrastive, self.K, self.N, gamma),
-            train=TrainConfig(self.epochs, self.max_steps, self.batch_size, self.lr, seed, device),
-        ).validate()
+        return resolve(overrides={**{name: getattr(self, key) for key, name in RUN_SETTINGS.items()},
+                                  "variant": variant, "data.dataset": "mnist-svhn", "data.source": source,
+                                  "data.root": root, "data.download": download, "data.data_fraction": fraction,
+                                  "data.seed": seed, "train.seed": seed, "train.device": device,
+                                  "objective.gamma": gamma})
+
+    @classmethod
+    def named(cls, name: str, notes: str, **grid) -> "Preset":
+        """The preset whose run settings are engine.config.PRESETS["reproduce-<name>"]."""
+        by_setting = {v: k for k, v in RUN_SETTINGS.items()}
+        return cls(name, notes, **{by_setting[k]: v for k, v in preset_settings(f"reproduce-{name}").items()}, **grid)
 
 
 def paper_preset() -> Preset:
@@ -90,7 +98,7 @@ def paper_preset() -> Preset:
     20%. Evaluation: 10,000 prior samples, the whole paired test set for cross/synergy coherence, the
     whole unimodal sets for latent accuracy, and 1,000 test pairs x 1,000 importance samples for the
     likelihoods. Not reproduced: DReG gradients and the learnt prior scale of Shi et al. 2019's runs."""
-    return Preset("paper", paper_preset.__doc__)
+    return Preset.named("paper", paper_preset.__doc__)
 
 
 def cpu_preset() -> Preset:
@@ -105,9 +113,8 @@ def cpu_preset() -> Preset:
     measured on MMVAE, SVHN latent accuracy is 12.7% (chance) after 1,250 steps and 56.6% after 3,000.
     Latent dimension 20, gamma = 2 and lr 1e-3 are kept (lr 2e-3 measured worse: 46.0% at 3,000 steps).
     Numbers are far below the paper's; compare variants, not magnitudes."""
-    return Preset("cpu", cpu_preset.__doc__, seeds=(0,), K=2, N=2, dm=5, epochs=100, max_steps=3000,
-                  batch_size=32, learn_prior=True,
-                  eval={"samples": 2000, "ll_samples": 0, "test_pairs": 2000, "ll_pairs": 1, "latent_max": 5000})
+    return Preset.named("cpu", cpu_preset.__doc__, seeds=(0,),
+                        eval={"samples": 2000, "ll_samples": 0, "test_pairs": 2000, "ll_pairs": 1, "latent_max": 5000})
 
 
 PRESETS: dict[str, Callable[[], Preset]] = {"paper": paper_preset, "cpu": cpu_preset}
@@ -550,16 +557,14 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", required=True, choices=tuple(PRESETS),
                    help="paper: the paper's settings (GPU); cpu: a cut-down grid for a 2-core CPU (~2 h)")
     p.add_argument("--models", nargs="+", default=None, help=f"variants (default all nine: {', '.join(VARIANTS)})")
-    p.add_argument("--fractions", nargs="+", type=fraction, default=None, help="data fractions (default 1.0 0.2)")
+    p.add_argument("--fractions", nargs="+", type=arg_type(fraction), default=None, help="data fractions (default 1.0 0.2)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the preset's)")
     p.add_argument("--ablation", action="store_true", help=f"also run the gamma ablation of {ABLATION_VARIANT}")
-    p.add_argument("--gammas", nargs="+", type=gamma_value, default=None,
+    p.add_argument("--gammas", nargs="+", type=arg_type(gamma_value), default=None,
                    help="ablation gammas (default 1 1.1 2 5 10 inf); implies --ablation")
     p.add_argument("--max-steps", type=int, default=None, help="override the preset's optimiser steps per run")
-    p.add_argument("--source", default="offline", choices=("offline", "real"))
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_setting_flags(p, ("data.source", "data.root", "data.download"))
+    add_device_arg(p)
     p.add_argument("--workers", type=int, default=1,
                    help="cells trained at once, in separate processes sharing the CPU threads (default 1)")
     p.add_argument("--out", default=None, help="report folder (default reports/<preset>)")

@@ -28,6 +28,7 @@ import torch
 
 from engine.captions import eval_mode
 from engine.errors import ConfigError
+from engine.options import add_device_arg, add_K_arg
 
 RANKINGS = ("pmi", "features")
 SPLITS = ("train", "test")
@@ -201,11 +202,11 @@ def add_parser(sub) -> None:
     p.add_argument("--k", type=int, default=5, help="number of results (default 5)")
     p.add_argument("--by", default="features", choices=RANKINGS, help="ranking (default features)")
     p.add_argument("--split", default="test", choices=SPLITS)
-    p.add_argument("--K", type=int, default=10, help="importance samples for --by pmi (default 10)")
+    add_K_arg(p, 10, "importance samples for --by pmi (default 10)")
     p.add_argument("--pool", type=int, default=POOL,
                    help=f"candidates nearest by features that --by pmi re-ranks (default {POOL}; 0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run_retrieve)
 

@@ -1,7 +1,6 @@
 """The training loop: optimiser, progress, metrics.jsonl, atomic checkpoints and exact resume."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from engine import objectives as O
 from engine.checkpoints import (BEST_NAME, CHECKPOINT_NAME, atomic_copy, atomic_write_text, clean_stale_temps,
                                 config_of, load_state, nonfinite_tensors, read_checkpoint, save_checkpoint)
-from engine.config import RunConfig
+from engine.config import RunConfig, resume_config
 from engine.device import pick_device
 from engine.errors import ConfigError, Diverged, Interrupted, TrainingError
 from engine.loss import variant_loss
@@ -291,46 +290,6 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
         if created:
             dist.destroy_process_group()
     return ck_path
-
-
-SAFE_ON_RESUME = ("train.epochs", "train.max_steps", "train.device", "train.k_chunk", "train.precision",
-                  "train.max_nonfinite", "train.checkpoint_every", "train.checkpoint_minutes",
-                  "train.divergence_tolerance")
-DERIVED = ("model.family", "objective.contrastive", "model.vocab_size", "model.feature_dim")
-
-
-def _settings(cfg: RunConfig) -> dict:
-    """Every leaf setting of a RunConfig by dotted name ('objective.K': 30)."""
-    d = dataclasses.asdict(cfg)
-    return {"variant": d.pop("variant"), **{f"{s}.{k}": v for s, part in d.items() for k, v in part.items()}}
-
-
-def resume_config(saved: RunConfig, cfg: RunConfig, given: dict[str, str] | None,
-                  path) -> tuple[RunConfig, list[str]]:
-    """The config a resumed run continues with, and the changes applied to it.
-
-    ``given`` maps the settings the caller chose (dotted names) to how to call them in messages
-    (the CLI passes the flags typed on its command line); None means every setting of ``cfg``.
-    Settings in SAFE_ON_RESUME that differ are applied; any other that differs is a conflict,
-    and all conflicts are refused together (ConfigError).
-    """
-    old, new = _settings(saved), _settings(cfg)
-    names = given if given is not None else {k: k for k in new if k not in DERIVED}
-    conflicts, changes = {}, {}
-    for key, label in names.items():
-        if old[key] == new[key]:
-            continue
-        if key in SAFE_ON_RESUME:
-            section, name = key.split(".")
-            setattr(getattr(saved, section), name, new[key])
-            changes.setdefault(label, f"{label} {new[key]} (was {old[key]})")
-        else:
-            conflicts.setdefault(label, f"{label} {new[key]} (the run has {old[key]})")
-    if conflicts:
-        raise ConfigError(f"--resume continues {path} with its own settings, and these differ from them: "
-                          f"{'; '.join(conflicts.values())}. Drop them to continue, or train into a new --out "
-                          f"(safe to change on resume: {', '.join(k.split('.')[1] for k in SAFE_ON_RESUME)})")
-    return saved, list(changes.values())
 
 
 def _diverged(value: float, best: float, tolerance: float) -> bool:

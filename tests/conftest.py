@@ -1,13 +1,10 @@
 """Shared fixtures: keep generated data in a per-session cache, small thread counts."""
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 torch.set_num_threads(2)
 
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from engine.checkpoints import atomic_save, atomic_write_text
 from engine.config import DataConfig
 from engine.errors import CheckpointError, ConfigError
+from engine.options import add_device_arg
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "classifiers"
 NAMES = ("mnist", "svhn")
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None)
     p.add_argument("--download", action="store_true")
     p.add_argument("--out", required=True, help="folder for <name>-<source>.pt and <source>.json")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_device_arg(p)
     a = p.parse_args(argv)
     from engine.device import pick_device
 
