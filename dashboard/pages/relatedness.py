@@ -128,7 +128,7 @@ def threshold_panel(run, slot: int, related: np.ndarray, unrelated: np.ndarray, 
         sync_url()
         m = st.columns(4)
         for col, name in zip(m, ("precision", "recall", "f1", "accuracy")):
-            col.metric(name.capitalize() if name != "f1" else "F1", f"{float(report[name]):.3f}")
+            col.metric(name.capitalize() if name != "f1" else "F1", logic.fmt_percent(float(report[name])))
         point = logic.operating_point(report)
         curves = state.roc_pr(scores, labels)
         hist = plots.pmi_histogram(related, unrelated, t, title=f"PMI — {run.name}")

@@ -94,12 +94,12 @@ def live() -> None:
     total, step = prog.get("total_steps"), prog.get("step", 0)
     if state == "running":
         frac = min(step / total, 1.0) if total else 0.0
-        st.progress(frac, text=f"step {step} / {total or '?'} · epoch {prog.get('epoch', 0)}"
-                    + (f" · loss {prog['loss']:.2f}" if "loss" in prog else ""))
+        st.progress(frac, text=f"step {step:,} / {f'{total:,}' if total else '?'} · epoch {prog.get('epoch', 0)}"
+                    + (f" · loss {logic.fmt_number(prog['loss'])}" if "loss" in prog else ""))
         if allowed:
             st.button("Cancel run", on_click=_cancel, type="secondary", key="tr_cancel")
     elif state == "done":
-        st.progress(1.0, text=f"finished: {step} steps")
+        st.progress(1.0, text=f"finished: {step:,} steps")
         st.success(f"Finished. **{job.name}** is now in the checkpoint pickers (runs).")
     else:
         st.error(f"{job.name} stopped before finishing (cancelled, or it failed). The log's end is below and says "
