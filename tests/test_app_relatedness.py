@@ -118,3 +118,16 @@ def test_score_page_rejects_bad_uploads(root, content, message):
     at.file_uploader(key="up_mnist").set_value(("bad.png", content, "image/png")).run()
     assert problems(at) == []
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_a_link_with_threshold_is_read_and_unknown_keys_are_named(root):
+    scores, labels = saved(root, "cI-MMVAE")
+    lo, hi, step = logic.threshold_range(scores)
+    t = logic.snap(float(np.quantile(scores, 0.7)), lo, hi, step)
+    at = app("relatedness", query={"runs": "cI-MMVAE", "threshold": f"{t}", "thr": "3"})
+    assert problems(at) == []
+    assert at.slider(key="thr_0").value == pytest.approx(t)
+    assert float(at.query_params["t"]) == pytest.approx(t) and "threshold" not in at.query_params
+    assert any("`?thr=`" in w.value and "t=" in w.value for w in at.warning), [w.value for w in at.warning]
+    bad = app("relatedness", query={"runs": "cI-MMVAE", "t": "high"})
+    assert any("Ignored the link's threshold `high`" in w.value for w in bad.warning)
