@@ -263,6 +263,26 @@ def parse_pairs_csv(content: bytes, max_rows: int = 5000) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+MAX_SCORE_WORK = 30_000     # pairs × K per request: about 2.5 min at the ~200 samples/s of one busy CPU core
+SCORE_CHUNK_WORK = 600      # pairs × K per piece: a few seconds, so progress moves and a stop lands quickly
+
+
+def score_cap_error(rows: int, K: int, max_work: int = MAX_SCORE_WORK) -> str | None:
+    """Why ``rows`` pairs at ``K`` importance samples are too much for one request, or None."""
+    if rows * K <= max_work:
+        return None
+    fits_k = max_work // rows
+    lower = f"lower K to {fits_k:,} or less, or " if fits_k else ""
+    return (f"{rows:,} pairs × K = {K:,} is {rows * K:,} importance samples; this page scores at most "
+            f"{max_work:,} per request: {lower}split the file into parts of at most {max(1, max_work // K):,} rows.")
+
+
+def chunk_bounds(n: int, K: int, work: int = SCORE_CHUNK_WORK) -> list[tuple[int, int]]:
+    """(start, end) pieces of ``n`` pairs, each about ``work`` pairs × K (at least one pair)."""
+    size = max(1, work // max(1, K))
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
 # ---- tables -----------------------------------------------------------------------------------
 PERCENT_WORDS = {"coherence", "accuracy", "precision", "recall", "f1", "fraction", "rate"}
 

@@ -244,3 +244,11 @@ def test_numbers_are_formatted_for_people():
     assert t.loc["coherence.joint", "a"] == "50 %" and t.loc["seconds", "a"] == "12.3"
     df = logic.round_frame(pd.DataFrame({"PMI": [1.23456, -0.000123456], "id": [1, 2]}))
     assert df["PMI"].tolist() == [1.23, -0.000123] and df["id"].tolist() == [1, 2]
+
+
+def test_score_cap_and_pieces():
+    assert logic.score_cap_error(1000, 30) is None
+    msg = logic.score_cap_error(5000, 30)
+    assert "150,000 importance samples" in msg and "lower K to 6" in msg and "at most 1,000 rows" in msg
+    bounds = logic.chunk_bounds(50, 30, work=600)
+    assert bounds[0] == (0, 20) and bounds[-1] == (40, 50) and logic.chunk_bounds(3, 1000, work=600) == [(0, 1), (1, 2), (2, 3)]
