@@ -1,12 +1,19 @@
 """Background training jobs: one detached ``python -m engine train`` at a time.
 
-The running job is recorded in ``<runs root>/.active.json`` (pid, argv, run dir, log), so any
-dashboard session (or a restarted server) sees it, can follow its progress.json and cancel it.
-A recorded pid counts as running only while that process is alive and still runs the recorded
-command, so a stale record (server restart, pid reuse) never blocks a new run.
+One at a time is enforced by an exclusive ``fcntl.flock`` on ``<runs root>/.train.lock``: ``start``
+takes it without waiting (a second caller, thread or process, gets JobBusy) and hands the locked
+descriptor to the trainer, which holds it until it exits; the kernel drops it when the process
+dies, so a crash or ``kill -9`` never leaves a stale lock. The job is recorded in
+``<runs root>/.active.json`` (pid, argv, run dir, log) before the lock is let go, so every started
+process is recorded: any dashboard session (or a restarted server) sees it, follows its
+progress.json and can cancel it. A recorded pid counts as running only while that process is
+alive and still runs the recorded command (server restart, pid reuse).
+
+Training from the page can be switched off with ``CMVAE_DASHBOARD_TRAINING=off`` (``training_allowed``).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -21,6 +28,8 @@ from engine.options import setting_argv
 from engine.registry import parse_variant
 
 ACTIVE_NAME = ".active.json"
+LOCK_NAME = ".train.lock"
+TRAINING_ENV = "CMVAE_DASHBOARD_TRAINING"
 LOG_NAME = "train.log"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +37,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 class JobError(Exception):
     """A job cannot start (bad name, existing folder, another job running) or be read."""
+
+
+class JobBusy(JobError):
+    """Another training run holds the lock: only one run at a time."""
+
+
+class TrainingDisabled(JobError):
+    """Training from the dashboard is switched off (CMVAE_DASHBOARD_TRAINING)."""
+
+
+def training_allowed() -> tuple[bool, str]:
+    """(allowed, why) from CMVAE_DASHBOARD_TRAINING: unset/on/1/true/yes allow it, off/0/false/no
+    switch it off (a public demo); any other value switches it off too and says so."""
+    raw = os.environ.get(TRAINING_ENV, "").strip().lower()
+    if raw in ("", "on", "1", "true", "yes"):
+        return True, ""
+    if raw in ("off", "0", "false", "no"):
+        return False, f"Training from the dashboard is switched off on this server ({TRAINING_ENV}={raw})."
+    return False, (f"Training from the dashboard is switched off: {TRAINING_ENV}={raw!r} is not understood "
+                   "(use on or off).")
 
 
 @dataclass
@@ -139,26 +168,52 @@ def check_name(name: str, runs_root: Path) -> Path:
     return out
 
 
-def start(name: str, argv: list[str], runs_root: Path, env: dict | None = None) -> Job:
-    """Start ``argv`` detached (own session, output to <run>/train.log) and record it.
-
-    Refuses (JobError) while another recorded job is alive or if the run folder exists.
-    """
-    runs_root = Path(runs_root)
+def busy_message(runs_root: Path) -> str:
+    """What to tell a second starter: which run is going (from the record, where it is readable)."""
     running = active(runs_root)
-    if running is not None:
-        raise JobError(f"training run '{running.name}' (pid {running.pid}) is still running: wait for it to "
-                       "finish or cancel it before starting another")
-    out = check_name(name, runs_root)
-    out.mkdir(parents=True)
-    with open(out / LOG_NAME, "wb") as log:
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **(env or {})})
-    job = Job(proc.pid, name, out, list(argv), time.time())
-    tmp = _state_file(runs_root).with_suffix(".tmp")
-    tmp.write_text(json.dumps(job.to_dict()))
-    os.replace(tmp, _state_file(runs_root))
-    return job
+    who = f"'{running.name}' (pid {running.pid}) is still running" if running else "another run holds the lock"
+    return (f"a training run is already going: {who}. Only one run at a time: wait for it to finish or "
+            "cancel it, then start again")
+
+
+def start(name: str, argv: list[str], runs_root: Path, env: dict | None = None) -> Job:
+    """Start ``argv`` detached (own session, output to <run>/train.log), holding the runs root's
+    lock for as long as it runs, and record it.
+
+    Refuses with JobBusy while another run holds the lock (or a recorded job is alive), with
+    TrainingDisabled where training is switched off, and with JobError if the run folder exists.
+    """
+    allowed, why = training_allowed()
+    if not allowed:
+        raise TrainingDisabled(why)
+    runs_root = Path(runs_root)
+    runs_root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(runs_root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobBusy(busy_message(runs_root)) from None
+        if active(runs_root) is not None:          # a run started before the lock existed (older dashboard)
+            raise JobBusy(busy_message(runs_root))
+        out = check_name(name, runs_root)
+        out.mkdir(parents=True)
+        with open(out / LOG_NAME, "wb") as log:
+            proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env={**os.environ, **(env or {})}, pass_fds=(fd,))
+        job = Job(proc.pid, name, out, list(argv), time.time())
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{proc.pid}\n".encode(), 0)
+            tmp = _state_file(runs_root).with_suffix(".tmp")
+            tmp.write_text(json.dumps(job.to_dict()))
+            os.replace(tmp, _state_file(runs_root))
+        except OSError:
+            os.killpg(proc.pid, signal.SIGKILL)     # never leave a process running that nobody recorded
+            raise
+        return job
+    finally:
+        os.close(fd)                                # the trainer keeps its inherited copy of the lock
 
 
 def cancel(runs_root: Path, wait: float = 30.0) -> Job | None:

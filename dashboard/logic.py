@@ -7,12 +7,14 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 MAX_UPLOAD_SIDE = 1024
+MAX_IMAGE_ID = 2**31 - 1        # far above CUB's 11,788 ids; anything larger is a typo, not an id
 ASPECT_TOLERANCE = 0.15
 
 
@@ -95,14 +97,20 @@ def prepare_image(content: bytes, shape: tuple[int, int, int]) -> np.ndarray:
 
     Colour is converted (grey <-> RGB) and a roughly same-aspect image is resized; an image whose
     aspect ratio differs from the model's by more than ASPECT_TOLERANCE, or that is tiny or huge,
-    is rejected with ValueError (resizing it would distort the digit beyond recognition).
+    is rejected with ValueError (resizing it would distort the digit beyond recognition). The size
+    is checked from the header before any pixel is decoded, so a small file that claims a huge
+    image (a decompression bomb) costs nothing.
     """
     from PIL import Image, UnidentifiedImageError
 
     c, h, w = shape
     try:
-        img = Image.open(io.BytesIO(content))
-        img.load()
+        with warnings.catch_warnings():            # the size is checked below, before anything is decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(content))  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"the image is too large to decode safely ({e}); expected {w}×{h} (or a similar size "
+                         f"up to {MAX_UPLOAD_SIDE} pixels a side)") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ValueError(f"the upload is not a readable image (PNG or JPEG expected): {e}") from e
     iw, ih = img.size
@@ -112,6 +120,10 @@ def prepare_image(content: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     if abs((iw / ih) / (w / h) - 1.0) > ASPECT_TOLERANCE:
         raise ValueError(f"image is {iw}×{ih} pixels but the model expects {w}×{h}: crop it to that aspect "
                          "ratio (a single centred digit) and upload again")
+    try:
+        img.load()
+    except (OSError, ValueError) as e:
+        raise ValueError(f"the upload is not a readable image (PNG or JPEG expected): {e}") from e
     img = img.convert("L" if c == 1 else "RGB")
     if (iw, ih) != (w, h):
         img = img.resize((w, h), Image.BILINEAR)
@@ -237,16 +249,105 @@ def parse_pairs_csv(content: bytes, max_rows: int = 5000) -> pd.DataFrame:
     empty = np.flatnonzero(df["caption"].eq("").to_numpy())
     if empty.size:
         raise ValueError(f"row(s) {', '.join(str(i + 2) for i in empty[:5])} have an empty caption")
-    ids = pd.to_numeric(df["image_id"].str.strip(), errors="coerce")
-    bad = np.flatnonzero(ids.isna().to_numpy() | (ids % 1 != 0).to_numpy())
+    text = df["image_id"].str.strip()
+    bad = np.flatnonzero(~text.str.fullmatch(r"[+-]?\d+(\.0*)?").to_numpy())
     if bad.size:
         raise ValueError(f"row(s) {', '.join(str(i + 2) for i in bad[:5])} have an image_id that is not an "
                          "integer CUB image id")
-    df["image_id"] = ids.astype(np.int64)
+    ids = [int(t.split(".")[0]) for t in text]
+    big = [i for i, v in enumerate(ids) if not 0 < v <= MAX_IMAGE_ID]
+    if big:
+        raise ValueError(f"row(s) {', '.join(f'{i + 2} ({text.iloc[i]})' for i in big[:5])} have an image_id "
+                         f"outside 1 … {MAX_IMAGE_ID:,}: CUB image ids are positive numbers from images.txt")
+    df["image_id"] = np.asarray(ids, dtype=np.int64)
     return df.reset_index(drop=True)
 
 
+MAX_SCORE_WORK = 30_000     # pairs × K per request: about 2.5 min at the ~200 samples/s of one busy CPU core
+SCORE_CHUNK_WORK = 600      # pairs × K per piece: a few seconds, so progress moves and a stop lands quickly
+
+
+def score_cap_error(rows: int, K: int, max_work: int = MAX_SCORE_WORK) -> str | None:
+    """Why ``rows`` pairs at ``K`` importance samples are too much for one request, or None."""
+    if rows * K <= max_work:
+        return None
+    fits_k = max_work // rows
+    lower = f"lower K to {fits_k:,} or less, or " if fits_k else ""
+    return (f"{rows:,} pairs × K = {K:,} is {rows * K:,} importance samples; this page scores at most "
+            f"{max_work:,} per request: {lower}split the file into parts of at most {max(1, max_work // K):,} rows.")
+
+
+def chunk_bounds(n: int, K: int, work: int = SCORE_CHUNK_WORK) -> list[tuple[int, int]]:
+    """(start, end) pieces of ``n`` pairs, each about ``work`` pairs × K (at least one pair)."""
+    size = max(1, work // max(1, K))
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
 # ---- tables -----------------------------------------------------------------------------------
+PERCENT_WORDS = {"coherence", "accuracy", "precision", "recall", "f1", "fraction", "rate"}
+
+
+def round_sig(x: float, digits: int = 3) -> float:
+    """``x`` rounded to ``digits`` significant figures (0.972000002861023 -> 0.972; 12345 -> 12300)."""
+    if not math.isfinite(x) or x == 0:
+        return x
+    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def round_frame(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A copy of ``df`` with every float column rounded to ``digits`` significant figures
+    (tables stay numeric, so they still sort; the download keeps the full values)."""
+    out = df.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            out[col] = [round_sig(float(v), digits) for v in out[col]]
+    return out
+
+
+def fmt_number(v: Any) -> str:
+    """A value as people read it: floats to 3 significant figures, integers exact, '—' for missing."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, (bool, np.bool_, str)):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    v = float(v)
+    if not math.isfinite(v):
+        return str(v)
+    return f"{round_sig(v):,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def fmt_percent(v: Any) -> str:
+    """A rate in [0, 1] as a percentage to 3 significant figures: 0.972 -> '97.2 %'."""
+    if v is None or isinstance(v, str) or (isinstance(v, float) and math.isnan(v)):
+        return fmt_number(v)
+    return f"{float(v) * 100:.3g} %"
+
+
+def is_percent_key(key: str) -> bool:
+    """Whether a (dotted) metric name is a rate shown as a percentage: coherence, accuracy, precision,
+    recall(@k), F1, fractions, rates. CCA 'coherence' is a correlation, not a rate."""
+    for part in str(key).lower().split("."):
+        words = set(part.replace("@", "_").split("_"))
+        if words & PERCENT_WORDS and "cca" not in words:
+            return True
+    return False
+
+
+def fmt_metric(key: str, v: Any) -> str:
+    """A metric's value formatted by its name: a percentage for rates, else 3 significant figures."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
+        return fmt_number(v)
+    return fmt_percent(v) if is_percent_key(key) and not isinstance(v, (int, np.integer)) else fmt_number(v)
+
+
+def format_table(table: pd.DataFrame) -> pd.DataFrame:
+    """metrics_table's frame as display text: each row formatted by its metric name (fmt_metric)."""
+    return pd.DataFrame({col: [fmt_metric(row, table.at[row, col]) for row in table.index] for col in table.columns},
+                        index=table.index)
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts as one level with dotted keys (lists of numbers kept as they are)."""
     out: dict[str, Any] = {}

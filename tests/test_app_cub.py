@@ -1,9 +1,12 @@
 """AppTest on a tiny synthetic-CUB run: CSV scoring (good, malformed, unknown ids) and retrieval."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tests.dashboard_common import app, environ, problems
 
@@ -37,10 +40,19 @@ def cub(tmp_path_factory):
         yield env, data
 
 
-def upload(at, content: bytes):
-    at.number_input(key="score_K").set_value(2)
+def upload(at, content: bytes, K: int = 2, go: bool = True):
+    """Upload a CSV at ``K``; with ``go``, press the Score button the page offers after its estimate."""
+    at.number_input(key="score_K").set_value(K)
     at.file_uploader(key="up_csv").set_value(("pairs.csv", content, "text/csv")).run()
+    if go and any(b.key == "score_go" for b in at.button):
+        at.button(key="score_go").click().run()
     return at
+
+
+def pairs_csv(data, n: int) -> bytes:
+    ids = (list(data.image_ids["test"]) * n)[:n]
+    caps = (list(data.captions_text["test"]) * n)[:n]
+    return pd.DataFrame({"caption": caps, "image_id": ids}).to_csv(index=False).encode()
 
 
 def test_csv_pairs_get_pmi_and_verdicts(cub):
@@ -61,6 +73,55 @@ def test_bad_csv_is_an_error_not_a_crash(cub, content, message):
     at = upload(app("score"), content)
     assert problems(at) == []
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_csv_scoring_estimates_first_then_scores_in_pieces_like_one_call(cub, monkeypatch):
+    from dashboard import logic
+    from engine import load
+    from engine.relatedness import score_pairs
+    from dashboard.runs import find_runs
+
+    _, data = cub
+    monkeypatch.setattr(logic, "SCORE_CHUNK_WORK", 6)             # K=2: pieces of 3 pairs
+    at = upload(app("score"), pairs_csv(data, 10), go=False)
+    assert problems(at) == [] and not at.error
+    assert any("10 pairs × K = 2: about" in i.value and "samples/s" in i.value for i in at.info)
+    assert not at.dataframe                                        # nothing scored before the click
+    at.button(key="score_go").click().run()
+    assert problems(at) == [] and not at.error
+    assert any("Scored 10 pairs" in s.value for s in at.success)
+    shown = at.dataframe[0].value["PMI"].tolist()
+    model = load(find_runs()[0].path, "cpu")
+    row = {i: r for r, i in enumerate(data.image_ids["test"])}
+    frame = pd.read_csv(io.BytesIO(pairs_csv(data, 10)))
+    feats = data.unimodal["test"]["image"][0][[row[i] for i in frame["image_id"]]]
+    caps = torch.stack([data.vocab.encode(t, warn=False)[0] for t in frame["caption"]])
+    whole = score_pairs(model, feats, caps, K=2)
+    assert shown == [logic.round_sig(v) for v in at.session_state["_score_job"]["pmi"]]
+    assert np.allclose(at.session_state["_score_job"]["pmi"], whole, atol=1e-4)
+
+
+def test_csv_scoring_cancelled_keeps_the_pairs_done(cub):
+    _, data = cub
+    at = upload(app("score"), pairs_csv(data, 6), go=False)
+    at.button(key="score_go").click().run()
+    job = at.session_state["_score_job"]
+    job.update(pmi=job["pmi"][:2], cancelled=True)                 # as if Cancel was pressed after two pairs
+    at.session_state["_score_job"] = job
+    at.run()
+    assert problems(at) == []
+    assert any("Cancelled after 2 of 6 pairs" in w.value for w in at.warning)
+    assert len(at.dataframe[0].value) == 2
+    at.button(key="score_resume").click().run()
+    assert problems(at) == [] and any("Scored 6 pairs" in s.value for s in at.success) and len(at.dataframe[0].value) == 6
+
+
+def test_csv_work_above_the_cap_is_refused_with_what_to_do(cub):
+    _, data = cub
+    at = upload(app("score"), pairs_csv(data, 40), K=1000)
+    assert problems(at) == [] and not at.dataframe and not any(b.key == "score_go" for b in at.button)
+    assert any("40 pairs × K = 1,000 is 40,000 importance samples" in e.value and "lower K to 750" in e.value
+               for e in at.error), [e.value for e in at.error]
 
 
 def test_retrieval_caption_query_returns_k_results(cub):

@@ -1,8 +1,12 @@
 """AppTest: every dashboard page renders on a temp checkpoint root; models, generations, compare, train."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from dashboard import logic
 from tests.dashboard_common import PAGES, app, build_root, environ, problems
 
 pytest.importorskip("streamlit.testing.v1")
@@ -80,6 +84,9 @@ def test_compare_page_tables_bars_and_propagation(root):
     at = app("compare")
     assert problems(at) == [] and not at.error
     table = at.dataframe[0].value
+    raw = logic.metrics_table({r: json.loads((Path(root["CMVAE_CHECKPOINTS"]) / r / "metrics.json").read_text())
+                               for r in ("MMVAE", "cI-MMVAE")})
     assert list(table.columns) == ["MMVAE", "cI-MMVAE"]
-    assert table.loc["coherence.joint"].tolist() == pytest.approx([0.1, 0.2])
+    assert table.loc["coherence.joint"].tolist() == ["10 %", "20 %"]          # rates as percentages
+    assert table.loc["relatedness.auc"].tolist() == [logic.fmt_number(float(v)) for v in raw.loc["relatedness.auc"]]
     assert any(e.label == "propagation" for e in at.expander)

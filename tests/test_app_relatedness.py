@@ -50,7 +50,8 @@ def test_moving_the_slider_updates_precision_recall_and_url(root):
     after = {m.label: m.value for m in at.metric[:4]}
     t = at.slider(key="thr_0").value
     expected = rel.classification_report(scores, labels, t)
-    assert after["Precision"] == f"{expected['precision']:.3f}" and after["Recall"] == f"{expected['recall']:.3f}"
+    assert after["Precision"] == logic.fmt_percent(expected["precision"])
+    assert after["Recall"] == logic.fmt_percent(expected["recall"])
     assert (after["Precision"], after["Recall"]) != (before["Precision"], before["Recall"])
     assert float(at.query_params["t"].split(",")[0]) == pytest.approx(t, rel=1e-5)
     second_before = [m.value for m in app("relatedness").metric[4:]]
@@ -75,7 +76,7 @@ def test_url_reproduces_the_view(root):
     assert problems(at) == []
     assert len(at.slider) == 1 and at.slider(key="thr_0").value == pytest.approx(t)
     rep = rel.classification_report(scores, labels, t)
-    assert metric_values(at)["Recall"] == f"{rep['recall']:.3f}"
+    assert metric_values(at)["Recall"] == logic.fmt_percent(rep["recall"])
 
 
 def test_pmi_is_computed_when_no_arrays_are_saved(root):
@@ -117,3 +118,16 @@ def test_score_page_rejects_bad_uploads(root, content, message):
     at.file_uploader(key="up_mnist").set_value(("bad.png", content, "image/png")).run()
     assert problems(at) == []
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_a_link_with_threshold_is_read_and_unknown_keys_are_named(root):
+    scores, labels = saved(root, "cI-MMVAE")
+    lo, hi, step = logic.threshold_range(scores)
+    t = logic.snap(float(np.quantile(scores, 0.7)), lo, hi, step)
+    at = app("relatedness", query={"runs": "cI-MMVAE", "threshold": f"{t}", "thr": "3"})
+    assert problems(at) == []
+    assert at.slider(key="thr_0").value == pytest.approx(t)
+    assert float(at.query_params["t"]) == pytest.approx(t) and "threshold" not in at.query_params
+    assert any("`?thr=`" in w.value and "t=" in w.value for w in at.warning), [w.value for w in at.warning]
+    bad = app("relatedness", query={"runs": "cI-MMVAE", "t": "high"})
+    assert any("Ignored the link's threshold `high`" in w.value for w in bad.warning)

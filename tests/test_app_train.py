@@ -94,3 +94,17 @@ def test_data_root_is_asked_for_cub_and_the_real_source_only(root, monkeypatch):
     argv = started[-1]
     assert argv[argv.index("--source") + 1] == "real" and argv[argv.index("--data-root") + 1] == "/data/torchvision"
     assert "--looser" not in argv                       # MNIST-SVHN: the paper's tight bound by default
+
+
+def test_training_switched_off_shows_no_form_and_no_cancel(root):
+    runs = Path(root["CMVAE_RUNS"])
+    sleeper = jobs.start("watched", [sys.executable, "-c", "import time; time.sleep(60)"], runs)
+    try:
+        with environ({jobs.TRAINING_ENV: "off"}):
+            at = app("train")
+            assert problems(at) == []
+            assert not at.form_submit_button and not any(b.label == "Cancel run" for b in at.button)
+            assert any("switched off" in i.value for i in at.info)
+            assert any("watched: running" in h.value for h in at.subheader)     # the run is still shown
+    finally:
+        jobs.cancel(runs, wait=1)

@@ -5,6 +5,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from dashboard import jobs, logic
@@ -204,3 +205,50 @@ def test_progress_text_gives_counts_rate_and_time_left_to_three_figures():
     assert logic.progress_text(0, 600, "features", elapsed=0.0, done_here=0) == "features: 0 / 600"
     assert logic.progress_text(600, 600, "features", elapsed=28.0, done_here=600) == "features: 600 / 600"
     assert logic.duration_text(42.456) == "42.5 s" and logic.duration_text(129) == "2.15 min"
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width × height grey pixels (its pixel data is never decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [20000, 10000])
+def test_a_decompression_bomb_is_a_clear_error_and_never_decoded(side):
+    with pytest.raises(ValueError, match=f"too large|{side}×{side} pixels; expected 28×28"):
+        logic.prepare_image(bomb_png(side, side), (1, 28, 28))
+
+
+def test_an_image_id_too_large_for_an_integer_is_reported_as_typed():
+    with pytest.raises(ValueError, match=r"row\(s\) 3 \(99999999999999999999999\) have an image_id outside"):
+        logic.parse_pairs_csv(b"caption,image_id\nbird,12\nbird,99999999999999999999999\n")
+    with pytest.raises(ValueError, match=r"row\(s\) 2 \(-4\)"):
+        logic.parse_pairs_csv(b"caption,image_id\nbird,-4\n")
+    assert logic.parse_pairs_csv(b"caption,image_id\nbird,12.0\n")["image_id"].tolist() == [12]
+
+
+def test_numbers_are_formatted_for_people():
+    assert logic.fmt_metric("cross_coherence.svhn_to_mnist", 0.972000002861023) == "97.2 %"
+    assert logic.fmt_metric("retrieval.caption_to_image.recall@5", 0.028333334252238274) == "2.83 %"
+    assert logic.fmt_metric("cca_coherence.joint", 0.0031935397639758145) == "0.00319"     # a correlation
+    assert logic.fmt_metric("log_likelihood.joint", -1234.5678) == "-1,230"
+    assert logic.fmt_metric("train.steps", 7500) == "7,500" and logic.fmt_metric("x", None) == "—"
+    assert logic.round_sig(0.972000002861023) == 0.972 and logic.round_sig(-0.0123456) == -0.0123
+    t = logic.format_table(logic.metrics_table({"a": {"coherence": {"joint": 0.5}, "seconds": 12.3456}}))
+    assert t.loc["coherence.joint", "a"] == "50 %" and t.loc["seconds", "a"] == "12.3"
+    df = logic.round_frame(pd.DataFrame({"PMI": [1.23456, -0.000123456], "id": [1, 2]}))
+    assert df["PMI"].tolist() == [1.23, -0.000123] and df["id"].tolist() == [1, 2]
+
+
+def test_score_cap_and_pieces():
+    assert logic.score_cap_error(1000, 30) is None
+    msg = logic.score_cap_error(5000, 30)
+    assert "150,000 importance samples" in msg and "lower K to 6" in msg and "at most 1,000 rows" in msg
+    bounds = logic.chunk_bounds(50, 30, work=600)
+    assert bounds[0] == (0, 20) and bounds[-1] == (40, 50) and logic.chunk_bounds(3, 1000, work=600) == [(0, 1), (1, 2), (2, 3)]

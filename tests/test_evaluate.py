@@ -290,3 +290,20 @@ def test_cost_rank_puts_extra_negative_passes_first():
     rank = {v: cost_rank(Cell(v, 1.0, 0, 2.0), cpu) for v in ("MMVAE", "cI-MMVAE", "MVAE", "cC-MVAE", "cI-JMVAE")}
     assert rank == {"MMVAE": 1, "cI-MMVAE": 1, "MVAE": 1, "cC-MVAE": 3, "cI-JMVAE": 3}
     assert cost_rank(Cell("cI-MVAE", 1.0, 0, math.inf), cpu) == 1      # gamma = inf is the baseline objective
+
+
+def test_report_figures_are_redrawn_from_their_csv_and_work_offline(tmp_path):
+    from engine import reproduce as R
+
+    rows = [{"key": (0.2, "MMVAE"), "n_seeds": 1, **{h: (40.0 + i, 0.0) for i, (_, _, h) in enumerate(R.COLUMNS[:5])},
+             **{h: None for _, _, h in R.COLUMNS[5:]}},
+            {"key": (1.0, "MMVAE"), "n_seeds": 2, **{h: (50.0 + i, 1.5) for i, (_, _, h) in enumerate(R.COLUMNS)}}]
+    (tmp_path / "table1.csv").write_text(R.csv_text(rows, ["fraction", "variant"]))
+    assert R.rows_from_csv((tmp_path / "table1.csv").read_text(), 2) == rows
+    (tmp_path / "ablation.csv").write_text(R.csv_text([{**rows[1], "key": (math.inf,)}], ["gamma"]))
+    files = R.redraw_figures(tmp_path, 1.0)
+    assert {p.name for p in files} == {"figure6.html", "figure11.html", "plotly.min.js"}
+    for name in ("figure6.html", "figure11.html"):
+        html = (tmp_path / name).read_text()
+        assert 'src="plotly.min.js"' in html and "cdn.plot.ly" not in html
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000          # one shared local copy

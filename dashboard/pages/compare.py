@@ -1,4 +1,8 @@
-"""Compare: evaluation metrics (metrics.json) of several runs side by side, and propagation reports."""
+"""Compare: evaluation metrics (metrics.json) of several runs side by side, and propagation reports.
+
+Tables show rates as percentages and other numbers to 3 significant figures (logic.format_table);
+the bar chart plots the unrounded values.
+"""
 import json
 
 import streamlit as st
@@ -24,7 +28,7 @@ for run in chosen:
         metrics[run.name] = m
 if metrics:
     table = logic.metrics_table(metrics)
-    st.dataframe(table, width="stretch", key="cmp_table")
+    st.dataframe(logic.format_table(table), width="stretch", key="cmp_table")
     rows = logic.numeric_rows(table)
     if rows:
         picked = st.multiselect("Metrics to plot", rows, default=rows[: min(4, len(rows))], key="cmp_rows")
@@ -44,4 +48,4 @@ for path in reports:
             st.error(f"{path.name} is unreadable ({e}); regenerate it with `python -m engine propagate`.")
             continue
         table = logic.metrics_table({path.stem: rep})
-        st.dataframe(table, width="stretch", key=f"prop_{path.stem}")
+        st.dataframe(logic.format_table(table), width="stretch", key=f"prop_{path.stem}")

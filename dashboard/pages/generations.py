@@ -102,7 +102,7 @@ def show_outputs(out: dict, mode: str, n: int) -> None:
              for k, v in others.items() if v.ndim <= 1 and v.size}
     if table and len({len(v) for v in table.values()}) == 1:
         with st.expander("Labels and other outputs"):
-            st.dataframe(pd.DataFrame(table), width="stretch", hide_index=True)
+            st.dataframe(logic.round_frame(pd.DataFrame(table)), width="stretch", hide_index=True)
     skipped = [f"{k} {np.shape(v)}" for k, v in others.items() if np.ndim(v) > 1]
     if skipped:
         st.caption("Not shown (no viewer for these arrays yet): " + ", ".join(skipped))

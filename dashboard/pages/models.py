@@ -27,9 +27,9 @@ for run in chosen:
         cfg = run.config
         obj = cfg.get("objective", {})
         c1, c2, c3 = st.columns(3)
-        c1.metric("K", obj.get("K", "—"))
-        c2.metric("N", obj.get("N", "—"))
-        c3.metric("gamma", obj.get("gamma", "—"))
+        c1.metric("K", logic.fmt_number(obj.get("K")))
+        c2.metric("N", logic.fmt_number(obj.get("N")))
+        c3.metric("gamma", logic.fmt_number(obj.get("gamma")))
         with st.expander("config.json"):
             st.json(cfg)
     with curves:
@@ -51,7 +51,7 @@ for run in chosen:
         st.info(f"No evaluation yet (metrics.json). Run `python -m engine evaluate {run.path}` to add one.")
     else:
         table = logic.metrics_table({run.name: metrics})
-        st.dataframe(table, width="stretch")
+        st.dataframe(logic.format_table(table), width="stretch")
         rows = logic.alignment_summary(metrics.get("alignment"))
         if rows:
             st.markdown("**Expert alignment** (`engine evaluate`: 1 = unaligned for the distance ratio, "

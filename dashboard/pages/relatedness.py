@@ -3,12 +3,15 @@
 Scores come from the run folder (pmi_related.npy / pmi_unrelated.npy, written by
 ``python -m engine relatedness``) or, if absent, from engine.relatedness.evaluate_relatedness.
 Moving a threshold reruns only its fragment: metrics come from the engine's classification_report
-on cached scores, so PMI is never recomputed. Runs and thresholds live in the URL (?runs=..&t=..).
+on cached scores, so PMI is never recomputed. Runs and thresholds live in the URL (?runs=..&t=..);
+a hand-typed ?threshold= is read as t, and other keys are named as ignored.
 """
 import numpy as np
 import streamlit as st
 
 from dashboard import logic, plots, state, ui
+
+URL_KEYS = {"runs", "t", "threshold", "embed", "embed_options"}
 
 st.title("Relatedness")
 st.caption("Pointwise mutual information PMI(x, y) = log p(x,y) − log p(x) − log p(y) on test pairs. "
@@ -24,7 +27,22 @@ if "_rel_url_read" not in st.session_state:
         from dashboard.runs import find_runs
 
         st.session_state["_picked_rel"] = [r.key for n in names for r in find_runs() if r.name == n][:2]
-    st.session_state["_rel_url_t"] = [logic.parse_float(t) for t in st.query_params.get("t", "").split(",")]
+    given = st.query_params.get("t") or st.query_params.get("threshold", "")
+    if "threshold" in st.query_params:         # a hand-typed ?threshold= works like ?t= (the name the page writes)
+        del st.query_params["threshold"]
+    st.session_state["_rel_url_t"] = [logic.parse_float(t) for t in given.split(",")]
+    unknown = sorted(set(st.query_params) - URL_KEYS)
+    if unknown:
+        st.session_state["_rel_url_unknown"] = unknown
+    if any(t.strip() and logic.parse_float(t) is None for t in given.split(",")):
+        st.session_state["_rel_url_bad_t"] = given
+if st.session_state.get("_rel_url_unknown"):
+    st.warning("Ignored in the link: " + ", ".join(f"`?{k}=`" for k in st.session_state["_rel_url_unknown"])
+               + ". This page reads `runs=` (model names, comma-separated) and `t=` (or `threshold=`: one threshold "
+               "per model).")
+if st.session_state.get("_rel_url_bad_t"):
+    st.warning(f"Ignored the link's threshold `{st.session_state['_rel_url_bad_t']}`: expected numbers, one per "
+               "model, comma-separated (e.g. `t=1.5,2`).")
 
 dataset = ui.pick_dataset("rel", container=st.sidebar)
 runs = ui.pick_runs("rel", multi=True, dataset=dataset, max_selections=2, label="Models (one or two)",
@@ -128,7 +146,7 @@ def threshold_panel(run, slot: int, related: np.ndarray, unrelated: np.ndarray, 
         sync_url()
         m = st.columns(4)
         for col, name in zip(m, ("precision", "recall", "f1", "accuracy")):
-            col.metric(name.capitalize() if name != "f1" else "F1", f"{float(report[name]):.3f}")
+            col.metric(name.capitalize() if name != "f1" else "F1", logic.fmt_percent(float(report[name])))
         point = logic.operating_point(report)
         curves = state.roc_pr(scores, labels)
         hist = plots.pmi_histogram(related, unrelated, t, title=f"PMI — {run.name}")

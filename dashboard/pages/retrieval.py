@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard import state, ui
+from dashboard import logic, state, ui
 
 CUB = ("cub", "cub-synthetic")
 
@@ -69,8 +69,8 @@ with tab_text, ui.section():
             for note in data.vocab.cuts(text):
                 st.warning(f"Not read: {note}.")
             ids = data.image_ids.get("test", [])
-            st.dataframe(pd.DataFrame([{"rank": r + 1, "image id": ids[i] if i < len(ids) else i, "score": sc,
-                                        "path": p} for r, (i, p, sc) in enumerate(hits)]),
+            st.dataframe(logic.round_frame(pd.DataFrame([{"rank": r + 1, "image id": ids[i] if i < len(ids) else i,
+                                                          "score": sc, "path": p} for r, (i, p, sc) in enumerate(hits)])),
                          width="stretch", hide_index=True, key="ret_images_table")
             show_images(hits)
 
@@ -88,5 +88,6 @@ with tab_image, ui.section():
             left.image(str(paths[row]), caption=f"image {ids[row]}", width="stretch")
         with right, st.spinner("Ranking captions ..."), ui.guarded("Image query"):
             hits = ret.captions_for_image(model, data, int(row), int(k2), by=by)
-            right.dataframe(pd.DataFrame([{"rank": r + 1, "caption": t, "score": sc} for r, (t, sc, _) in enumerate(hits)]),
+            right.dataframe(logic.round_frame(pd.DataFrame([{"rank": r + 1, "caption": t, "score": sc}
+                                                            for r, (t, sc, _) in enumerate(hits)])),
                             width="stretch", hide_index=True, key="ret_captions_table")
