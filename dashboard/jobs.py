@@ -135,8 +135,10 @@ def is_alive(pid: int, argv: list[str] | None = None) -> bool:
             if stat[stat.rindex(")") + 2] in "ZX":
                 return False
             if argv is not None:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-                return [c.decode(errors="replace") for c in cmdline if c] == list(argv)
+                # Empty right after exec, before the kernel has set up the new image's arguments
+                # (Popen has already returned then): a process that is there counts as running.
+                cmdline = [c.decode(errors="replace") for c in (proc / "cmdline").read_bytes().split(b"\0") if c]
+                return not cmdline or cmdline == list(argv)
         except (OSError, ValueError, IndexError):
             return False
     return True
