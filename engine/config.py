@@ -283,7 +283,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the shipped checkpoints (checkpoints/make.sh; the bird models also take the looser bound, CUB's default)
     "shipped-mnist-svhn": {"train.batch_size": 32, "objective.K": 2, "objective.N": 5, "objective.gamma": 2.0,
                            "train.lr": 1e-3, "model.learn_prior": True, "train.seed": 0, "data.seed": 0,
-                           "train.epochs": 100, "data.dm": 2, "train.max_steps": 10000},
+                           "train.epochs": 100, "data.dm": 2, "train.max_steps": 10000,
+                           "train.precision": "bf16"},
     "shipped-cub-synthetic": {"train.batch_size": 32, "objective.K": 2, "objective.N": 5, "objective.gamma": 2.0,
                               "train.lr": 1e-3, "model.learn_prior": True, "train.seed": 0, "data.seed": 0,
                               "train.epochs": 100, "train.max_steps": 7500, "objective.looser": True},

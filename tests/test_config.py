@@ -86,8 +86,12 @@ def test_presets_are_partial_configs_shared_by_reproduce_propagate_and_make_sh()
         dataset = "mnist-svhn" if path.parent.name.startswith("mnist-svhn") else "cub-synthetic"
         variant = path.parent.name[len(dataset) + 1:]
         saved, made = C.flat(C.RunConfig.load(path)), C.flat(C.resolve(f"shipped-{dataset}", {"variant": variant}, dataset))
-        assert {k: v for k, v in saved.items() if k not in C.marked("derived")} \
-            == {k: v for k, v in made.items() if k not in C.marked("derived")}, path
+        # The shipped MNIST-SVHN checkpoints predate --precision bf16, which the recipe now uses
+        # (a matched 3,000-step run's metrics hold; BENCHMARKS.md): they were trained in fp32.
+        skip = set(C.marked("derived")) | {"train.precision"}
+        assert {k: v for k, v in saved.items() if k not in skip} == {k: v for k, v in made.items() if k not in skip}, path
+        assert saved["train.precision"] == "fp32"
+    assert C.resolve("shipped-mnist-svhn").train.precision == "bf16"
 
 
 def test_propagate_on_cub_trains_the_cub_defaults():
