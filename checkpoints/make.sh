@@ -2,7 +2,7 @@
 # Re-create the shipped checkpoints on the offline defaults (CPU preset; see checkpoints/README.md).
 # Runs train under runs/shipped-src/ (full checkpoints, resumable), then are exported here as small
 # fp16 inference-only copies with their relatedness arrays and metrics.
-# Usage: bash checkpoints/make.sh [NAME ...]   (default: all five; NAME as the folders here)
+# Usage: bash checkpoints/make.sh [NAME ...]   (default: all five and features; NAME as the folders here)
 # Two names run well side by side on a 2-core CPU with OMP_NUM_THREADS=1 each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,10 +26,12 @@ make_one() {
       python -m engine train --preset shipped-cub-synthetic --model "$model" --dataset cub-synthetic "${common[@]}" \
         --out "$src/$name"
       ship "$name" 300 5 500 5000 0 ;;
+    features)  # the birds' test-split features the Retrieval page starts from (engine/data/features.py)
+      python -m engine data ship-features --out checkpoints/features ;;
     *) echo "unknown checkpoint name $name" >&2; exit 2 ;;
   esac
 }
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=(mnist-svhn-MMVAE mnist-svhn-cI-MMVAE mnist-svhn-cC-MMVAE
-                                   cub-synthetic-MMVAE cub-synthetic-cI-MMVAE)
+                                   cub-synthetic-MMVAE cub-synthetic-cI-MMVAE features)
 for n in "${names[@]}"; do make_one "$n"; done

@@ -12,8 +12,7 @@ from typing import Iterator
 import torch
 
 from engine.errors import ConfigError
-
-MODES = ("joint", "image_to_caption", "caption_to_image", "reconstruct")
+from engine.modes import CUB_MODES as MODES
 DECODINGS = ("greedy", "sample")
 NN_CHUNK = 1024               # query rows per distance block (bounds memory of the nearest-neighbour search)
 

@@ -109,6 +109,13 @@ def add_data_parser(sub) -> None:
     r.add_argument("--dataset", nargs="+", default=list(OFFLINE_DEFAULTS), choices=list(OFFLINE_DEFAULTS),
                    help="which offline datasets (default: all)")
     r.set_defaults(func=run_data_prepare)
+    f = dsub.add_parser("ship-features", help="recompute the synthetic birds' test features shipped in checkpoints/features",
+                        description="Draw the default synthetic CUB (in $CMVAE_CACHE) and extract its 600 test "
+                                    "images' features afresh into DIR/cub-synthetic-test_<features>.npy/.json, "
+                                    "with the extractor and an image checksum that say when they apply.")
+    f.add_argument("--out", default=None, help="folder (default: checkpoints/features of this checkout)")
+    f.add_argument("--features", default="efficientnet-lite0", choices=FEATURES)
+    f.set_defaults(func=run_data_ship_features)
     c = dsub.add_parser("cub-synthetic", help="write procedural birds and captions in the CUB layout")
     c.add_argument("--out", required=True)
     c.add_argument("--seed", type=int, default=0)
@@ -138,6 +145,15 @@ def run_data_prepare(a: argparse.Namespace) -> int:
         print(f"{name}: {len(data.train):,} train / {len(data.test):,} test pairs ready "
               f"({time.perf_counter() - start:.3g} s)", flush=True)
     print(f"offline caches are in {cache_dir()}")
+    return 0
+
+
+def run_data_ship_features(a: argparse.Namespace) -> int:
+    from engine.data.cub import ship_test_features
+    from engine.progress import TqdmProgress
+
+    stem = ship_test_features(Path(a.out) if a.out else None, a.features, progress=TqdmProgress())
+    print(f"wrote {stem}.npy and {stem}.json")
     return 0
 
 

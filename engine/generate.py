@@ -20,12 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import ConfigError
+from engine.modes import modes
 from engine.options import add_device_arg
-
-
-def modes(names: tuple[str, ...]) -> list[str]:
-    """The generation modes of a dataset with modalities ``names``."""
-    return ["joint", *[f"{a}_to_{b}" for a in names for b in names if a != b], "reconstruct"]
 
 
 def _np(x: torch.Tensor) -> np.ndarray:

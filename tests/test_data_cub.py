@@ -295,3 +295,70 @@ def test_data_prepare_builds_the_offline_birds_and_their_features(tmp_path, monk
     assert sorted(keys) == sorted(load_cub(root, "train").keys + load_cub(root, "test").keys) and len(keys) == 12
     out = capsys.readouterr()
     assert "cub-synthetic:" in out.out and "ready" in out.out and sb.DRAWING in out.err
+
+
+def _ship(root: Path, folder: Path) -> tuple[Path, np.ndarray]:
+    """Shipped stand-in features of ``root``'s test images in ``folder``: (stem, features)."""
+    from engine.data.cub import shipped_stem
+    from engine.data.features import write_shipped
+
+    test = load_cub(root, "test")
+    stem, feats = shipped_stem("efficientnet-lite0", folder), _path_features(test.paths) + 0.5
+    write_shipped(stem, test.keys, test.paths, feats, "efficientnet-lite0", about="test")
+    return stem, feats
+
+
+def _fresh_root(tiny: Path, where: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny, where, ignore=shutil.ignore_patterns("features_*", "vocab.json")))
+
+
+def test_shipped_features_fill_an_empty_cache_without_extraction(tiny, tmp_path, monkeypatch):
+    import engine.data.cub as cub
+
+    root = _fresh_root(tiny, tmp_path / "root")
+    _, shipped = _ship(root, tmp_path / "shipped")
+    monkeypatch.setattr(cub, "SHIPPED_FEATURES", tmp_path / "shipped")
+
+    def no_extraction(images, *a, **k):
+        raise AssertionError(f"features extracted for {len(images)} images")
+
+    monkeypatch.setattr("engine.data.features.extract_features", no_extraction)
+    cfg = DataConfig(dataset="cub-synthetic", root=str(root), seed=1)
+    data = build_cub(cfg, progress=False, splits=("test",))
+    assert np.array_equal(data.unimodal["test"]["image"][0].numpy(), shipped)
+    assert len(json.loads((root / "features_efficientnet-lite0.json").read_text())) == len(shipped)
+    calls = []
+    monkeypatch.setattr("engine.data.features.extract_features",
+                        lambda images, *a, **k: calls.append(len(images)) or _path_features(images))
+    full = build_cub(cfg, progress=False)
+    assert calls == [N_IMAGES - len(shipped)]                   # the train images only
+    assert np.array_equal(full.unimodal["test"]["image"][0].numpy(), shipped)
+
+
+@pytest.mark.parametrize("tamper", ["pipeline", "weights", "image", "keys"])
+def test_shipped_features_that_do_not_apply_are_ignored(tiny, tmp_path, monkeypatch, tamper):
+    import engine.data.cub as cub
+    import engine.data.features as features
+
+    root = _fresh_root(tiny, tmp_path / "root")
+    stem, shipped = _ship(root, tmp_path / "shipped")
+    monkeypatch.setattr(cub, "SHIPPED_FEATURES", tmp_path / "shipped")
+    meta_path = stem.with_name(stem.name + ".json")
+    meta = json.loads(meta_path.read_text())
+    if tamper == "pipeline":                                   # the extraction code changed
+        monkeypatch.setattr(features, "PIPELINE_VERSION", features.PIPELINE_VERSION + 1)
+    elif tamper == "weights":                                  # other network weights
+        meta_path.write_text(json.dumps({**meta, "weights_sha256": "0" * 64}))
+    elif tamper == "image":                                    # the birds generator draws differently
+        first = load_cub(root, "test").paths[0]
+        first.write_bytes(first.read_bytes() + b"\0")
+    else:                                                      # computed for images this root lacks
+        meta_path.write_text(json.dumps({**meta, "keys": meta["keys"][:-1] + ["999.Nowhere/x.jpg"]}))
+    calls = []
+    monkeypatch.setattr("engine.data.features.extract_features",
+                        lambda images, *a, **k: calls.append(len(images)) or _path_features(images))
+    data = build_cub(DataConfig(dataset="cub-synthetic", root=str(root), seed=1), progress=False, splits=("test",))
+    assert calls == [len(shipped)]
+    assert np.array_equal(data.unimodal["test"]["image"][0].numpy(), _path_features(load_cub(root, "test").paths))

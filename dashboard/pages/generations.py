@@ -10,6 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import logic, state, ui
+from engine.modes import CUB_MODES
+from engine.modes import modes as generation_modes
 
 CUB = ("cub", "cub-synthetic")
 CUB_LABELS = {"joint": "Joint (from the prior)", "image_to_caption": "Image → caption",
@@ -28,21 +30,14 @@ if not runs:
     st.stop()
 run = runs[0]
 is_cub = run.dataset in CUB
+# The form needs only the mode names (engine.modes, torch-free): importing engine.captions /
+# engine.generate first (torch, ~1.7 s of a cold start on the 2-core CPU) kept the page blank.
 if is_cub:
-    gen_mod = state.engine_feature("captions", "cub_generations", "MODES")
-    if gen_mod is None:
-        ui.feature_missing("CUB generation", "captions")
-        st.stop()
-    modes = {m: CUB_LABELS.get(m, m) for m in gen_mod.MODES}
+    modes = {m: CUB_LABELS.get(m, m) for m in CUB_MODES}
     st.caption("Generated image features are shown as their nearest train image (Euclidean distance in feature "
                "space, as in the paper's Appendix H); captions are decoded greedily or by sampling each word.")
 else:
-    gen_mod = state.engine_feature("generate", "generations")
-    if gen_mod is None:
-        ui.feature_missing("Generation", "generate")
-        st.stop()
-    modes = ({m: logic.mode_label(m) for m in gen_mod.modes(("mnist", "svhn"))} if hasattr(gen_mod, "modes")
-             else {"joint": "joint"})
+    modes = {m: logic.mode_label(m) for m in generation_modes(("mnist", "svhn"))}
 
 with st.form("gen_form"):
     c1, c2, c3, c4 = st.columns([3, 1, 1, 1.2])
@@ -61,6 +56,12 @@ if not request or request[0] != run.key or request[1] not in modes:
     st.info("Choose what to generate and press **Generate**.")
     st.stop()
 _, mode, n, seed, decoding = request
+if is_cub and state.engine_feature("captions", "cub_generations") is None:
+    ui.feature_missing("CUB generation", "captions")
+    st.stop()
+if not is_cub and state.engine_feature("generate", "generations") is None:
+    ui.feature_missing("Generation", "generate")
+    st.stop()
 
 
 def md_text(text: str) -> str:

@@ -20,10 +20,6 @@ for run in chosen:
         continue
     info, curves = st.columns([1, 2])
     with info:
-        model = ui.load_model(run)
-        if model is not None:
-            n_params = sum(p.numel() for p in model.parameters())
-            st.success(f"Loaded: {n_params:,} parameters on {model.device}")
         cfg = run.config
         obj = cfg.get("objective", {})
         c1, c2, c3 = st.columns(3)
@@ -32,6 +28,11 @@ for run in chosen:
         c3.metric("gamma", logic.fmt_number(obj.get("gamma")))
         with st.expander("config.json"):
             st.json(cfg)
+        # After the config: loading a model imports torch (~1.7 s of a cold start on the 2-core CPU).
+        model = ui.load_model(run)
+        if model is not None:
+            n_params = sum(p.numel() for p in model.parameters())
+            st.success(f"Loaded: {n_params:,} parameters on {model.device}")
     with curves:
         df = logic.curve_frame(state.read_metrics(str(run.path), run.mtime))
         if df.empty:

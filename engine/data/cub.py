@@ -41,6 +41,12 @@ MAX_LEN = 32
 MIN_COUNT = 3
 TEST_CLASS_EVERY = 4
 TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+SHIPPED_FEATURES = Path(__file__).resolve().parents[2] / "checkpoints" / "features"
+
+
+def shipped_stem(model_name: str, folder: Path | None = None) -> Path:
+    """Where the synthetic birds' shipped test-split features of ``model_name`` live (``.npy`` + ``.json``)."""
+    return Path(folder or SHIPPED_FEATURES) / f"cub-synthetic-test_{model_name}"
 
 
 @dataclass
@@ -299,6 +305,8 @@ def build_cub(cfg: DataConfig, progress: ProgressArg = True, splits: tuple[str, 
     needs) skips the train images' features; its ``train`` pairs are empty and ``unimodal``,
     ``image_ids``, ... have no train entry (the vocabulary still comes from the train captions).
     ``progress`` (see ``engine.progress``) hears of the birds drawn and the images featurised.
+    The synthetic set's test features come from ``shipped_stem`` when they still apply (see
+    ``features.read_shipped``), so a test-only build then only draws the birds.
     """
     cfg.validate()
     built = check_splits(splits)
@@ -315,7 +323,8 @@ def build_cub(cfg: DataConfig, progress: ProgressArg = True, splits: tuple[str, 
     derived = _cache_folder(root)
     keys = [k for s in built for k in records[s].keys]
     paths = [p for s in built for p in records[s].paths]
-    features = cached_features(derived, keys, paths, cfg.features, cfg.download, progress)
+    shipped = shipped_stem(cfg.features) if cfg.dataset == "cub-synthetic" else None
+    features = cached_features(derived, keys, paths, cfg.features, cfg.download, progress, shipped)
     offsets = np.cumsum([0] + [len(records[s].keys) for s in built])
     split_features = {s: features[offsets[i]:offsets[i + 1]] for i, s in enumerate(built)}
     vocab = Vocab.build([c for cs in records["train"].captions for c in cs])
@@ -343,3 +352,19 @@ def build_cub(cfg: DataConfig, progress: ProgressArg = True, splits: tuple[str, 
         vocab=vocab, image_ids=ids, image_paths=img_paths, captions_text=texts, caption_image=cap_img,
         class_names=records["train"].class_names, root=root,
     )
+
+
+def ship_test_features(folder: Path | None = None, model_name: str = "efficientnet-lite0",
+                       progress: ProgressArg = True) -> Path:
+    """Compute (never copy) the default synthetic set's test-split features and write them to
+    ``shipped_stem(model_name, folder)``; returns that stem."""
+    from engine.data import features
+
+    cfg = DataConfig(dataset="cub-synthetic", features=model_name)
+    cfg.validate()
+    test = load_cub(_synthetic_root(cfg, progress), "test")
+    stem = shipped_stem(model_name, folder)
+    computed = features.extract_features(test.paths, model_name, progress=progress)
+    features.write_shipped(stem, test.keys, test.paths, computed, model_name,
+                           about="features of the default synthetic CUB's test images (python -m engine data ship-features)")
+    return stem

@@ -3,9 +3,12 @@
 Shi et al. 2019 model CUB images through pre-computed ResNet-101 features; EfficientNet-Lite0
 is the offline default because its weights ship as a pip package. Features are computed once
 per data root and cached as ``features_<model>.npy`` with the image order in a JSON beside it.
+A cache can be seeded from shipped features (``write_shipped`` / ``read_shipped``): used only
+if the extractor and the bytes of every image they were computed from are unchanged.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -23,6 +26,7 @@ FEATURE_DIMS = {"efficientnet-lite0": 1280, "resnet101": 2048}
 FEATURE_NAMES = {"efficientnet-lite0": "EfficientNet-Lite0", "resnet101": "ResNet-101"}
 RESIZE, CROP = 256, 224                      # standard ImageNet evaluation geometry
 SAVE_EVERY = 256                             # images featurised between saves of the cache
+PIPELINE_VERSION = 1                         # bump when load_pixels, a normaliser or a network changes
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -136,13 +140,85 @@ def _read_cache(array_path: Path, keys_path: Path, model_name: str) -> tuple[lis
     return stored_keys, stored
 
 
+def extractor_id(model_name: str) -> dict:
+    """What fixes a feature extractor's output: model name, pipeline version and its weights' SHA-256."""
+    if model_name == "efficientnet-lite0":
+        from engine.models.efficientnet_lite import weights_path
+
+        weights = weights_path()
+    elif model_name == "resnet101":
+        from torchvision.models import ResNet101_Weights
+
+        weights = Path(torch.hub.get_dir()) / "checkpoints" / Path(ResNet101_Weights.IMAGENET1K_V1.url).name
+    else:
+        raise ConfigError(f"features must be one of {', '.join(FEATURE_DIMS)}; got {model_name!r}")
+    return {"model": model_name, "pipeline_version": PIPELINE_VERSION,
+            "weights_sha256": _sha256([weights]) if weights.is_file() else None}
+
+
+def _sha256(paths: Sequence[Path], keys: Sequence[str] | None = None) -> str:
+    """SHA-256 over files' bytes in order (each preceded by its key, if given)."""
+    h = hashlib.sha256()
+    for i, path in enumerate(paths):
+        if keys is not None:
+            h.update(keys[i].encode() + b"\0")
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def _suffixed(stem: Path, suffix: str) -> Path:
+    return stem.with_name(stem.name + suffix)
+
+
+def write_shipped(stem: Path, keys: Sequence[str], paths: Sequence[Path], features: np.ndarray,
+                  model_name: str, about: str) -> None:
+    """Write ``<stem>.npy`` (float32 features) and ``<stem>.json`` (keys, extractor, image checksum)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"about": about, **extractor_id(model_name), "keys": list(keys),
+            "images_sha256": _sha256(paths, list(keys)), "shape": list(features.shape), "dtype": "float32"}
+    np.save(_suffixed(stem, ".npy"), np.ascontiguousarray(features, np.float32))
+    _suffixed(stem, ".json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def read_shipped(stem: Path, keys: Sequence[str], paths: Sequence[Path],
+                 model_name: str) -> tuple[list[str], np.ndarray] | None:
+    """(keys, features) of shipped features, or None unless they apply here: same extractor (model,
+    pipeline version, weights), every shipped key among ``keys`` and the same bytes in those images."""
+    stem = Path(stem)
+    try:
+        meta = json.loads(_suffixed(stem, ".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("model") != model_name or \
+            meta.get("pipeline_version") != PIPELINE_VERSION:
+        return None
+    where = dict(zip(keys, paths))
+    shipped_keys = meta.get("keys") or []
+    if not all(k in where for k in shipped_keys):
+        return None
+    try:
+        if extractor_id(model_name) != {k: meta.get(k) for k in ("model", "pipeline_version", "weights_sha256")} \
+                or _sha256([where[k] for k in shipped_keys], shipped_keys) != meta.get("images_sha256"):
+            return None
+        features = np.load(_suffixed(stem, ".npy"), allow_pickle=False)
+    except (OSError, ValueError, DataError):
+        return None
+    if features.shape != (len(shipped_keys), FEATURE_DIMS[model_name]) or features.dtype != np.float32:
+        return None
+    return shipped_keys, features
+
+
 def cached_features(folder: Path, keys: Sequence[str], paths: Sequence[Path], model_name: str,
-                    download: bool = False, progress: ProgressArg = True) -> np.ndarray:
+                    download: bool = False, progress: ProgressArg = True,
+                    shipped: Path | None = None) -> np.ndarray:
     """Features of ``paths`` in ``keys`` order, read from ``folder`` or computed and saved there.
 
     Only keys not stored yet are computed; they are appended to the stored ones (same two files),
     so a viewer can ask for the test images first and the train images later. They are saved every
     ``SAVE_EVERY`` images, so an interrupted build (a dashboard rerun) keeps what it had done.
+    Missing keys found in ``shipped`` features (the stem ``write_shipped`` wrote) are copied from
+    there instead, if ``read_shipped`` says they apply; otherwise they are computed.
     """
     folder = Path(folder)
     array_path = folder / f"features_{model_name}.npy"
@@ -151,6 +227,14 @@ def cached_features(folder: Path, keys: Sequence[str], paths: Sequence[Path], mo
     stored_keys, stored = _read_cache(array_path, keys_path, model_name)
     position = {k: i for i, k in enumerate(stored_keys)}
     missing = [i for i, k in enumerate(keys) if k not in position]
+    found = read_shipped(shipped, keys, paths, model_name) if shipped is not None and missing else None
+    take = [] if found is None else [j for j, k in enumerate(found[0]) if k not in position]
+    if take:
+        position.update({found[0][j]: len(stored_keys) + n for n, j in enumerate(take)})
+        stored_keys = stored_keys + [found[0][j] for j in take]
+        stored = np.concatenate([stored, found[1][take]]) if len(stored) else found[1][take]
+        _write_cache(array_path, keys_path, stored_keys, stored)
+        missing = [i for i, k in enumerate(keys) if k not in position]
     report = reporter(progress)
     for start in range(0, len(missing), SAVE_EVERY):
         block = missing[start:start + SAVE_EVERY]
