@@ -27,6 +27,7 @@ class FakeGenerator:
         self.mods = [SimpleNamespace(name=n) for n in NAMES]
         self.device = torch.device("cpu")
         self.perfect, self.joint = perfect, joint
+        self.mixture_posterior = not joint
 
     def generate(self, n, generator=None):
         d = torch.randint(0, 10, (n,), generator=generator)
@@ -106,6 +107,7 @@ class LinearGaussian:
 
     def __init__(self, mixture: bool = False, shift: float = 0.0):
         self.mixture, self.shift = mixture, shift
+        self.mixture_posterior = mixture
         self.mods = [SimpleNamespace(name=n, decode=lambda z: z) for n in NAMES]
         self.prior = torch.zeros(1), torch.ones(1)
 

@@ -29,10 +29,9 @@ from engine.models import distributions as D
 
 def joint_proposal(model, xs: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Components of q(z | x_1..M): one (loc, scale), or the unimodal posteriors of a mixture (MMVAE)."""
-    post = model.joint_posterior(xs)
-    if post is not None:
-        return [post]
-    return [model.unimodal_posterior(m, x) for m, x in enumerate(xs)]
+    if model.mixture_posterior:
+        return [model.unimodal_posterior(m, x) for m, x in enumerate(xs)]
+    return [model.joint_posterior(xs)]
 
 
 @torch.no_grad()

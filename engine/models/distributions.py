@@ -42,6 +42,17 @@ def log_prob(family: str, loc: torch.Tensor, scale: torch.Tensor, x: torch.Tenso
     raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
 
 
+def combine_noise(family: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Standard noise of a pair from its items' standard noises (same shape and distribution).
+
+    Normal: the sum over sqrt(n). Laplace (uniform noise on [-1/2, 1/2)): the sum mod 1, recentred.
+    """
+    total = sum(parts)
+    if family == "normal":
+        return total * (1.0 / math.sqrt(len(parts)))
+    return torch.remainder(total + len(parts) / 2, 1.0) - 0.5
+
+
 def kl_normal(loc_q: torch.Tensor, scale_q: torch.Tensor, loc_p: torch.Tensor, scale_p: torch.Tensor) -> torch.Tensor:
     """KL(q || p) between diagonal Normals, summed over the last dimension."""
     var_ratio = (scale_q / scale_p) ** 2

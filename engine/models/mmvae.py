@@ -16,6 +16,11 @@ from engine.models.base import Encoded, MultimodalVAE, take
 
 class MMVAE(MultimodalVAE):
     family = "laplace"
+    mixture_posterior = True
+    default_estimator = "iwae"
+    supports_dreg = True
+    supports_looser = True
+    has_pairwise_kernel = True
 
     def forward(self, xs, K=1, noise=None) -> Encoded:
         posts = [self.encode(m, x) for m, x in enumerate(xs)]
@@ -139,10 +144,20 @@ class MMVAE(MultimodalVAE):
             out.append(lw if s == 0 else lw.transpose(1, 2))
         return torch.cat(out, 0)
 
-    pair_noise = False
-
     def noise_streams(self) -> int:
         return len(self.mods)
+
+    def draw_pair_noise(self, n_pairs, K, generator=None):
+        """None: new pairs re-index the strata's samples and decodes (no new noise)."""
+        return None
+
+    def pairs_noise(self, item_noise, J=None):
+        """None: stratum s of a pair is its modality-s item's own sample."""
+        return None
+
+    def forward_noise(self, item_noise):
+        """One stratum per modality: each item's noise is its stratum's noise."""
+        return list(item_noise)
 
     def objective_terms(self, enc):
         """Stratified log weights of the mixture posterior (Shi et al. 2019's m_iwae)."""
