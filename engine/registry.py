@@ -28,9 +28,9 @@ def model_class(family: str) -> type:
     """The model class of a family, to ask its capabilities (``supports_looser``, ``supports_dreg``,
     ``mixture_posterior``...) without building a model. Imported on first use: reading configs
     stays torch-free."""
-    from engine.models import FAMILIES
+    from engine.models import MODEL_CLASSES
 
-    return FAMILIES[family]
+    return MODEL_CLASSES[family]
 
 
 def families_with(capability: str) -> str:

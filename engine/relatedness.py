@@ -41,13 +41,13 @@ class ItemNoise:
     seeded by (seed, stream, chunk), so any batching of the items sees the same numbers.
     """
 
-    def __init__(self, family: str, K: int, latent_dim: int, seed: int = 0, device=None):
-        self.family, self.K, self.latent_dim, self.seed, self.device = family, K, latent_dim, seed, device
+    def __init__(self, dist: str, K: int, latent_dim: int, seed: int = 0, device=None):
+        self.dist, self.K, self.latent_dim, self.seed, self.device = dist, K, latent_dim, seed, device
 
     def _chunk(self, stream: str, c: int) -> torch.Tensor:
         state = np.random.SeedSequence([self.seed, STREAMS[stream], c]).generate_state(2, np.uint64)[0]
         g = torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
-        return D.noise(self.family, (self.K, NOISE_CHUNK, self.latent_dim), generator=g)
+        return D.noise(self.dist, (self.K, NOISE_CHUNK, self.latent_dim), generator=g)
 
     def take(self, stream: str, start: int, stop: int) -> torch.Tensor:
         """(K, stop - start, L) noise of items start..stop-1 of ``stream``."""
@@ -85,7 +85,7 @@ def score_pairs(model, xs: torch.Tensor, ys: torch.Tensor, K: int = 30, batch_si
     if K < 1 or batch_size < 1:
         raise ConfigError(f"K and batch_size must be >= 1, got K={K}, batch_size={batch_size}")
     n = len(xs)
-    noise = ItemNoise(model.family, K, model.latent_dim, seed, model.device)
+    noise = ItemNoise(model.posterior_family, K, model.latent_dim, seed, model.device)
     out = np.empty(n, np.float64)
     show = n >= PROGRESS_MIN if progress is None else progress
     with torch.inference_mode():
@@ -150,7 +150,7 @@ def _score_matrix_kernel(model, xs, ys, K, seed, progress) -> np.ndarray:
     encoded and decoded once per block; the all-pairs likelihoods are cdist-style kernels)."""
     dev = model.device
     nx, ny = len(xs), len(ys)
-    noise = ItemNoise(model.family, K, model.latent_dim, seed, dev)
+    noise = ItemNoise(model.posterior_family, K, model.latent_dim, seed, dev)
     rows = max(1, 4 * ELEMENT_BUDGET // (2 * K * ny))
     out = np.empty((nx, ny), np.float64)
     show = nx * ny >= PROGRESS_MIN if progress is None else progress
@@ -169,7 +169,7 @@ def _score_matrix_blocks(model, xs, ys, K, seed, block, progress) -> np.ndarray:
     """Any model: block pairs of items, one forward pass each, ``log_weights`` over every pair."""
     dev = model.device
     nx, ny = len(xs), len(ys)
-    noise = ItemNoise(model.family, K, model.latent_dim, seed, dev)
+    noise = ItemNoise(model.posterior_family, K, model.latent_dim, seed, dev)
     per_pair = model.n_strata * K * _event_size(model)          # floats one pair's likelihood terms gather
     block = max(1, min(block, 4 * ELEMENT_BUDGET // per_pair))
     chunk = max(1, ELEMENT_BUDGET // per_pair)

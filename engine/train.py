@@ -26,7 +26,7 @@ from engine.errors import ConfigError, Diverged, Interrupted, TrainingError
 from engine.loss import variant_loss
 from engine.registry import build_data, families_with, model_class, model_from_config, parse_variant
 
-METRICS_NAME = "metrics.jsonl"
+CURVE_NAME = "metrics.jsonl"        # the training curve: one line per checkpoint (evaluate.METRICS_NAME is metrics.json)
 PROGRESS_NAME = "progress.json"
 
 
@@ -205,7 +205,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
             if h is not None:
                 line = {"epoch": done_epochs, "step": step, "seconds": round(time.time() - t0, 3),
                         "skipped": skipped, **means, "test_iwae": h}
-                with open(out / METRICS_NAME, "a") as f:
+                with open(out / CURVE_NAME, "a") as f:
                     f.write(json.dumps(line) + "\n")
             if not problem:
                 improved = h is not None and h > best["iwae"]
@@ -324,7 +324,7 @@ def _prepare_out(out: Path, cfg: RunConfig, step: int, best: dict | None) -> Non
         print(f"removed {len(stale)} temporary file(s) left in {out} by interrupted saves", file=sys.stderr)
     if best is not None and best["step"] == step and step > 0:
         atomic_copy(out / CHECKPOINT_NAME, out / BEST_NAME)     # a save stopped between the two files
-    p = out / METRICS_NAME
+    p = out / CURVE_NAME
     if p.exists():
         lines = p.read_text().splitlines()
         keep = [line for line in lines if _line_step(line) <= step]
@@ -401,7 +401,7 @@ def _untouched_rng(fn, *args):
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The lines of a run's metrics.jsonl, one per checkpoint (empty if none yet)."""
-    p = Path(run_dir) / METRICS_NAME
+    p = Path(run_dir) / CURVE_NAME
     if not p.exists():
         return []
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]

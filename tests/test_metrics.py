@@ -103,7 +103,7 @@ class LinearGaussian:
     """z ~ N(0,1) (1-D); x_m | z ~ N(z, 1) for m = 0, 1. Posteriors are exact, so
     p(x_m) = N(x_m; 0, 2) and p(x_0, x_1) = N(0, [[2, 1], [1, 2]]) in closed form."""
 
-    family = "normal"
+    posterior_family = "normal"
 
     def __init__(self, mixture: bool = False, shift: float = 0.0):
         self.mixture, self.shift = mixture, shift

@@ -50,7 +50,7 @@ def take(t: torch.Tensor, idx: torch.Tensor | None, dim: int = 0) -> torch.Tenso
 class MultimodalVAE(nn.Module):
     """Shared parts: modalities, prior, likelihood scaling, generation helpers, capabilities."""
 
-    family = "normal"            # posterior and prior family
+    posterior_family = "normal"  # distribution of posterior and prior (distributions.DISTRIBUTIONS)
     # q(z | x_1..M) is a mixture of the unimodal posteriors: no single joint posterior, log weights
     # stratified (one stratum per modality), new pairs re-index the strata's samples
     mixture_posterior = False
@@ -89,20 +89,20 @@ class MultimodalVAE(nn.Module):
 
     def prior_scale(self) -> torch.Tensor:
         """Prior scale: 1 at initialisation; learnable when learn_prior (Shi et al. 2019)."""
-        if self.family == "laplace":
+        if self.posterior_family == "laplace":
             return torch.softmax(self.prior_raw, -1) * self.latent_dim
         return torch.exp(self.prior_raw)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        return D.log_prob(self.family, self.prior_loc, self.prior_scale(), z).sum(-1)
+        return D.log_prob(self.posterior_family, self.prior_loc, self.prior_scale(), z).sum(-1)
 
     def encode(self, m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unimodal posterior (or expert) parameters for modality m."""
         loc, raw = self.mods[m].encode(x)
-        return loc, D.posterior_scale(self.family, raw)
+        return loc, D.posterior_scale(self.posterior_family, raw)
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
-        return D.noise(self.family, shape, device=self.device, generator=generator)
+        return D.noise(self.posterior_family, shape, device=self.device, generator=generator)
 
     def loglik(self, n: int, params: torch.Tensor, x: torch.Tensor, scaled: bool = True) -> torch.Tensor:
         ll = self.mods[n].log_likelihood(params, x)
@@ -113,8 +113,8 @@ class MultimodalVAE(nn.Module):
 
     def _joint_lw(self, xs, loc, scale, eps, scaled):
         """Log weights under one (non-mixture) joint posterior: sample, decode every modality, score."""
-        z = D.rsample(self.family, loc, scale, eps)
-        lq = D.log_prob(self.family, loc, scale, z).sum(-1)
+        z = D.rsample(self.posterior_family, loc, scale, eps)
+        lq = D.log_prob(self.posterior_family, loc, scale, z).sum(-1)
         params = self.decode_all(z)
         lpx = sum(self.loglik(n, params[n], xs[n], scaled) for n in range(len(xs)))
         return self.log_prior(z) + lpx - lq, z, params
@@ -144,7 +144,7 @@ class MultimodalVAE(nn.Module):
     def pairs_noise(self, item_noise: list[torch.Tensor], J: torch.Tensor | None = None) -> torch.Tensor | None:
         """Noise of pairs J (None: the positive pairs) as a function of their items' noise
         ``item_noise[m]`` (K, B, L), so a pair's score does not depend on batching."""
-        return D.combine_noise(self.family, [take(e, None if J is None else J[m], 1) for m, e in enumerate(item_noise)])
+        return D.combine_noise(self.posterior_family, [take(e, None if J is None else J[m], 1) for m, e in enumerate(item_noise)])
 
     def forward_noise(self, item_noise: list[torch.Tensor]) -> list[torch.Tensor]:
         """The noise list ``forward`` takes for positive pairs whose items carry ``item_noise``."""
@@ -173,15 +173,15 @@ class MultimodalVAE(nn.Module):
         """(K, B) log weights for log p(x_m), with z ~ q(z | x_m) and modality m's decoder."""
         loc, scale = self.unimodal_posterior(m, x)
         eps = noise if noise is not None else self.noise((K, *loc.shape))
-        z = D.rsample(self.family, loc, scale, eps)
-        lq = D.log_prob(self.family, loc, scale, z).sum(-1)
+        z = D.rsample(self.posterior_family, loc, scale, eps)
+        lq = D.log_prob(self.posterior_family, loc, scale, z).sum(-1)
         return self.log_prior(z) + self.loglik(m, self.mods[m].decode(z), x, scaled) - lq
 
     # ---- generation ------------------------------------------------------------------------
     @torch.no_grad()
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         eps = self.noise((n, self.latent_dim), generator)
-        return D.rsample(self.family, self.prior_loc, self.prior_scale(), eps)
+        return D.rsample(self.posterior_family, self.prior_loc, self.prior_scale(), eps)
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -192,7 +192,7 @@ class MultimodalVAE(nn.Module):
     @torch.no_grad()
     def posterior_sample(self, loc: torch.Tensor, scale: torch.Tensor,
                          generator: torch.Generator | None = None) -> torch.Tensor:
-        return D.rsample(self.family, loc, scale, self.noise(loc.shape, generator))
+        return D.rsample(self.posterior_family, loc, scale, self.noise(loc.shape, generator))
 
     @torch.no_grad()
     def cross_generate(self, x: torch.Tensor, m: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
