@@ -40,6 +40,11 @@ def setting(default: Any = None, help: str = "", check: Callable[[Any], Any] | N
                                             "default_for": default_for})
 
 
+def _supports_looser(cfg: "RunConfig") -> bool:
+    """Whether the variant's model class has strata for the looser bound (asked, not named)."""
+    return model_class(parse_variant(cfg.variant)[0]).supports_looser
+
+
 def _is_cub(cfg: "RunConfig") -> bool:
     return cfg.data.dataset != "mnist-svhn"
 
@@ -93,7 +98,7 @@ class ObjectiveConfig:
                          "m_dreg_looser, their MNIST-SVHN setting)")
     looser: bool = setting(False, "MMVAE: average the IWAE of each expert's samples instead of one IWAE over all "
                            "(Shi et al. 2019's looser bound; keeps both experts trained on CUB, on by default there)",
-                           default_for=lambda cfg: _is_cub(cfg) and model_class(parse_variant(cfg.variant)[0]).supports_looser)
+                           default_for=lambda cfg: _is_cub(cfg) and _supports_looser(cfg))
 
     def validate(self) -> None:
         _check_fields(self)

@@ -26,7 +26,7 @@ from engine.errors import ConfigError, Diverged, Interrupted, TrainingError
 from engine.loss import variant_loss
 from engine.registry import build_data, families_with, model_class, model_from_config, parse_variant
 
-CURVE_NAME = "metrics.jsonl"        # the training curve: one line per checkpoint (evaluate.METRICS_NAME is metrics.json)
+CURVE_NAME = "metrics.jsonl"      # the training curve, a line per checkpoint (evaluate.METRICS_NAME: metrics.json)
 PROGRESS_NAME = "progress.json"
 
 

@@ -144,7 +144,8 @@ class MultimodalVAE(nn.Module):
     def pairs_noise(self, item_noise: list[torch.Tensor], J: torch.Tensor | None = None) -> torch.Tensor | None:
         """Noise of pairs J (None: the positive pairs) as a function of their items' noise
         ``item_noise[m]`` (K, B, L), so a pair's score does not depend on batching."""
-        return D.combine_noise(self.posterior_family, [take(e, None if J is None else J[m], 1) for m, e in enumerate(item_noise)])
+        parts = [take(e, None if J is None else J[m], 1) for m, e in enumerate(item_noise)]
+        return D.combine_noise(self.posterior_family, parts)
 
     def forward_noise(self, item_noise: list[torch.Tensor]) -> list[torch.Tensor]:
         """The noise list ``forward`` takes for positive pairs whose items carry ``item_noise``."""
