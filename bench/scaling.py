@@ -41,7 +41,7 @@ def one_step(variant: str, B: int, K: int, N: int, k_chunk: int | None, steps: i
     for i in range(steps + 1):
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        variant_loss(model, xs, family, obj, k_chunk=k_chunk).loss.backward()
+        variant_loss(model, xs, obj, k_chunk=k_chunk).loss.backward()
         opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()

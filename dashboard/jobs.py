@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.options import setting_argv
-from engine.registry import parse_variant
+from engine.registry import model_class, parse_variant
 
 ACTIVE_NAME = ".active.json"
 LOCK_NAME = ".train.lock"
@@ -88,16 +88,16 @@ def train_argv(name: str, runs_root: Path, model: str, dataset: str, data_fracti
     """The CLI call a dashboard training run makes (the same a user would type).
 
     ``data_root`` is passed (as --data-root) only where it is read: dataset ``cub`` or source ``real``.
-    ``looser`` sets --looser / --no-looser for MMVAE-family variants only (the others have no mixture to
-    stratify). The flags come from the config schema (engine.options.setting_argv).
+    ``looser`` sets --looser / --no-looser only for variants whose model supports the looser bound
+    (MMVAE's; the others have no mixture to stratify). The flags come from the config schema (engine.options.setting_argv).
     """
-    mixture = parse_variant(model)[0] == "mmvae"
+    stratified = model_class(parse_variant(model)[0]).supports_looser
     settings = {"variant": model, "data.dataset": dataset, "data.source": source if source != "offline" else None,
                 "data.root": str(data_root) if needs_data_root(dataset, source) and data_root else None,
                 "data.data_fraction": float(data_fraction), "train.max_steps": int(max_steps) if max_steps else None,
                 "train.epochs": int(epochs), "objective.K": int(K), "objective.N": int(N),
                 "objective.gamma": float(gamma), "train.batch_size": int(batch_size), "train.device": device,
-                "objective.looser": bool(looser) if mixture else None}
+                "objective.looser": bool(looser) if stratified else None}
     return [sys.executable, "-m", "engine", "train", *setting_argv(settings), "--out", str(Path(runs_root) / name),
             "--no-progress"]
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 from engine import validate as V
 from engine.errors import ConfigError
-from engine.registry import parse_variant, variant_name
+from engine.registry import FAMILY_NAMES, model_class, parse_variant, variant_name
 
 DATASETS = ("mnist-svhn", "cub", "cub-synthetic")
 SOURCES = ("offline", "real")
@@ -38,6 +38,11 @@ def setting(default: Any = None, help: str = "", check: Callable[[Any], Any] | N
     return field(default=default, metadata={"help": help, "check": check, "flag": None if derived else flag,
                                             "safe_on_resume": safe_on_resume, "derived": derived,
                                             "default_for": default_for})
+
+
+def _supports_looser(cfg: "RunConfig") -> bool:
+    """Whether the variant's model class has strata for the looser bound (asked, not named)."""
+    return model_class(parse_variant(cfg.variant)[0]).supports_looser
 
 
 def _is_cub(cfg: "RunConfig") -> bool:
@@ -67,7 +72,7 @@ class DataConfig:
 class ModelConfig:
     """Architecture: the model family and the latent space."""
 
-    family: str = setting("mmvae", "model family (from the variant)", V.one_of(("mmvae", "mvae", "jmvae")),
+    family: str = setting("mmvae", "model family (from the variant)", V.one_of(tuple(FAMILY_NAMES)),
                           derived=True)
     latent_dim: int = setting(20, "latent dimensions (default 20 for MNIST-SVHN, 64 for CUB as Shi et al. 2019)",
                               V.positive_int, default_for=lambda cfg: 64 if _is_cub(cfg) else 20)
@@ -93,7 +98,7 @@ class ObjectiveConfig:
                          "m_dreg_looser, their MNIST-SVHN setting)")
     looser: bool = setting(False, "MMVAE: average the IWAE of each expert's samples instead of one IWAE over all "
                            "(Shi et al. 2019's looser bound; keeps both experts trained on CUB, on by default there)",
-                           default_for=lambda cfg: _is_cub(cfg) and parse_variant(cfg.variant)[0] == "mmvae")
+                           default_for=lambda cfg: _is_cub(cfg) and _supports_looser(cfg))
 
     def validate(self) -> None:
         _check_fields(self)

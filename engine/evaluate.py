@@ -90,7 +90,7 @@ def evaluate_mnist_svhn(model, data, classifiers, samples: int = 10000, ll_sampl
     idx = test_subset(len(data.test), test_pairs)
     cross, synergy = _streamed(data.test, idx, lambda xs, y, g: C.cross_coherence(model, clfs, xs, y, generator=g),
                                gen(), progress, "cross coherence"), None
-    if model.joint_posterior([x[:1].to(dev) for x in data.test.batch(idx[:1])[0]]) is not None:
+    if not model.mixture_posterior:
         synergy = _streamed(data.test, idx, lambda xs, y, g: C.synergy_coherence(model, clfs, xs, y, generator=g),
                             gen(), progress, "synergy coherence")
     ll = None

@@ -17,7 +17,6 @@ from engine import objectives as O
 from engine.config import ObjectiveConfig
 from engine.errors import ConfigError
 from engine.models.base import MultimodalVAE
-from engine.registry import BASE_ESTIMATOR
 
 
 @dataclass
@@ -72,7 +71,7 @@ def _join_strata(chunks, sizes: list[int]) -> torch.Tensor:
     return torch.cat(by_stratum, 1).flatten(0, 1)
 
 
-def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], family: str, obj: ObjectiveConfig,
+def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], obj: ObjectiveConfig,
                  generator: torch.Generator | None = None, noise: list[torch.Tensor] | None = None,
                  neg_noise: torch.Tensor | None = None, k_chunk: int | None = None,
                  forward=None) -> LossOutput:
@@ -87,7 +86,7 @@ def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], family: str, obj:
     """
     B, M, K = xs[0].shape[0], len(xs), obj.K
     contrastive = obj.contrastive is not None and not math.isinf(obj.gamma)
-    est1 = "dreg" if obj.dreg else ("iwae" if contrastive else BASE_ESTIMATOR[family])
+    est1 = "dreg" if obj.dreg else ("iwae" if contrastive else model.default_estimator)
     chunked = k_chunk is not None and k_chunk < K
     if chunked and est1 == "dreg":
         raise ConfigError("--k-chunk cannot be combined with DReG gradients")
@@ -99,8 +98,8 @@ def variant_loss(model: MultimodalVAE, xs: list[torch.Tensor], family: str, obj:
             J = negative_index(negx, sample_negatives(B, obj.N, generator, model.device))
         else:
             J = torch.randint(0, B, (M, B * obj.N), generator=generator).to(model.device)
-        if neg_noise is None and model.pair_noise:
-            neg_noise = model.noise((K, J.shape[1], model.latent_dim))
+        if neg_noise is None:
+            neg_noise = model.draw_pair_noise(J.shape[1], K)
     fwd = forward or model
 
     def pieces(noise_c, neg_c):

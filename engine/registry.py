@@ -1,4 +1,4 @@
-"""Names used in the paper mapped to code: the nine variants and the datasets."""
+"""Names used in the paper mapped to code: the nine variants, the model classes and the datasets."""
 from __future__ import annotations
 
 from engine.errors import ConfigError
@@ -6,7 +6,6 @@ from engine.errors import ConfigError
 FAMILY_NAMES = {"mmvae": "MMVAE", "mvae": "MVAE", "jmvae": "JMVAE"}
 PREFIXES = {"": None, "ci-": "iwae", "cc-": "cubo"}
 VARIANTS = tuple(p + f for f in ("MMVAE", "MVAE", "JMVAE") for p in ("", "cI-", "cC-"))
-BASE_ESTIMATOR = {"mmvae": "iwae", "mvae": "elbo", "jmvae": "elbo"}
 
 
 def parse_variant(name: str) -> tuple[str, str | None]:
@@ -23,6 +22,20 @@ def variant_name(family: str, contrastive: str | None) -> str:
     """The paper's name for a family and contrastive estimator."""
     prefix = {None: "", "iwae": "cI-", "cubo": "cC-"}[contrastive]
     return prefix + FAMILY_NAMES[family]
+
+
+def model_class(family: str) -> type:
+    """The model class of a family, to ask its capabilities (``supports_looser``, ``supports_dreg``,
+    ``mixture_posterior``...) without building a model. Imported on first use: reading configs
+    stays torch-free."""
+    from engine.models import MODEL_CLASSES
+
+    return MODEL_CLASSES[family]
+
+
+def families_with(capability: str) -> str:
+    """The paper's names of the families whose model class has ``capability``, for messages."""
+    return " / ".join(FAMILY_NAMES[f] for f in FAMILY_NAMES if getattr(model_class(f), capability))
 
 
 def build_data(cfg, progress=True, splits=("train", "test")):

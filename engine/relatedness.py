@@ -7,8 +7,9 @@ through its unimodal encoders). All terms use ``scaled=True``: the likelihood-sc
 the model was trained on (MNIST weighted by 3072/784 beside SVHN), so a pair's PMI measures the
 dependence the training objective saw; with scaled=False MNIST's term would be ~4x smaller.
 
-Noise is a pure function of (seed, stream, item index) (:class:`ItemNoise`), so a score does not
-depend on batching, and ``score_matrix``'s diagonal equals ``score_pairs`` on the same pairs.
+Noise is a pure function of (seed, stream, item index) (:class:`ItemNoise`), turned by the model
+into the noise of its forward pass and of any pair (``forward_noise``, ``pairs_noise``), so a score
+does not depend on batching, and ``score_matrix``'s diagonal equals ``score_pairs`` on the same pairs.
 Thresholds turn scores into related / unrelated predictions (``fit_threshold``,
 ``classification_report``); ``python -m engine relatedness RUN_DIR`` evaluates a trained run.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 import torch
@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from engine import objectives as O
 from engine.errors import ConfigError, DataError
-from engine.models import MMVAE
 from engine.models import distributions as D
 from engine.options import add_device_arg, add_K_arg
 from engine.thresholds import classification_report, fit_threshold, roc_pr_curves, split_fit_report  # noqa: F401
@@ -42,13 +41,13 @@ class ItemNoise:
     seeded by (seed, stream, chunk), so any batching of the items sees the same numbers.
     """
 
-    def __init__(self, family: str, K: int, latent_dim: int, seed: int = 0, device=None):
-        self.family, self.K, self.latent_dim, self.seed, self.device = family, K, latent_dim, seed, device
+    def __init__(self, dist: str, K: int, latent_dim: int, seed: int = 0, device=None):
+        self.dist, self.K, self.latent_dim, self.seed, self.device = dist, K, latent_dim, seed, device
 
     def _chunk(self, stream: str, c: int) -> torch.Tensor:
         state = np.random.SeedSequence([self.seed, STREAMS[stream], c]).generate_state(2, np.uint64)[0]
         g = torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
-        return D.noise(self.family, (self.K, NOISE_CHUNK, self.latent_dim), generator=g)
+        return D.noise(self.dist, (self.K, NOISE_CHUNK, self.latent_dim), generator=g)
 
     def take(self, stream: str, start: int, stop: int) -> torch.Tensor:
         """(K, stop - start, L) noise of items start..stop-1 of ``stream``."""
@@ -56,28 +55,6 @@ class ItemNoise:
         block = torch.cat([self._chunk(stream, c) for c in range(first, last + 1)], 1)
         off = first * NOISE_CHUNK
         return block[:, start - off:stop - off].to(self.device)
-
-
-def combine_noise(family: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Noise for pair (i, j) from item noises a_i, b_j with the same standard distribution.
-
-    Normal: (a + b) / sqrt 2. Laplace (uniform noise on [-1/2, 1/2)): (a + b) mod 1, recentred.
-    """
-    if family == "normal":
-        return (a + b) * (1.0 / math.sqrt(2.0))
-    return torch.remainder(a + b + 1.0, 1.0) - 0.5
-
-
-def _stratified(model) -> bool:
-    """Mixture posteriors (MMVAE) draw one stratum per item, so a pair's noise is its items' noise."""
-    return isinstance(model, MMVAE)
-
-
-def _forward_noise(model, ex: torch.Tensor, ey: torch.Tensor) -> list[torch.Tensor]:
-    """The noise list ``model.forward`` takes for positive pairs (x_b, y_b)."""
-    if _stratified(model):
-        return [ex, ey]
-    return [combine_noise(model.family, ex, ey)] * (model.n_modalities + 1)
 
 
 def _marginals(model, x: torch.Tensor, m: int, K: int, noise: torch.Tensor) -> torch.Tensor:
@@ -108,7 +85,7 @@ def score_pairs(model, xs: torch.Tensor, ys: torch.Tensor, K: int = 30, batch_si
     if K < 1 or batch_size < 1:
         raise ConfigError(f"K and batch_size must be >= 1, got K={K}, batch_size={batch_size}")
     n = len(xs)
-    noise = ItemNoise(model.family, K, model.latent_dim, seed, model.device)
+    noise = ItemNoise(model.posterior_family, K, model.latent_dim, seed, model.device)
     out = np.empty(n, np.float64)
     show = n >= PROGRESS_MIN if progress is None else progress
     with torch.inference_mode():
@@ -117,7 +94,7 @@ def score_pairs(model, xs: torch.Tensor, ys: torch.Tensor, K: int = 30, batch_si
             x, y = xs[a:b].to(model.device), ys[a:b].to(model.device)
             i, j = offset + a, offset + b
             ex, ey = noise.take("x", i, j), noise.take("y", i, j)
-            enc = model([x, y], K, noise=_forward_noise(model, ex, ey))
+            enc = model([x, y], K, noise=model.forward_noise([ex, ey]))
             joint = O.iwae(model.log_weights(enc, scaled=True))
             px = _marginals(model, x, 0, K, noise.take("ux", i, j))
             py = _marginals(model, y, 1, K, noise.take("uy", i, j))
@@ -145,8 +122,8 @@ def score_matrix(model, xs: torch.Tensor, ys: torch.Tensor, K: int = 30, seed: i
                  block: int = 64, progress: bool | None = None) -> np.ndarray:
     """All-pairs PMI, (len(xs), len(ys)): entry (i, j) = I(xs[i], ys[j]).
 
-    Marginals are computed once per item. MMVAE scores blocks of x rows against all y items with
-    ``MMVAE.pairwise_log_weights`` (each item decoded once, all-pairs likelihood kernels); other
+    Marginals are computed once per item. A model with ``has_pairwise_kernel`` (MMVAE) scores blocks
+    of x rows against all y items with ``pairwise_log_weights`` (each item decoded once); other
     models take ``block`` x and ``block`` y items at a time: one forward pass per block pair, then
     ``log_weights`` over every (i, j) of the block in chunks sized by ELEMENT_BUDGET. x item i
     and y item j carry the noise score_pairs gives pair i and pair j, so the diagonal of the
@@ -155,8 +132,8 @@ def score_matrix(model, xs: torch.Tensor, ys: torch.Tensor, K: int = 30, seed: i
     _check_pairs(xs, ys, same_length=False)
     if K < 1 or block < 1:
         raise ConfigError(f"K and block must be >= 1, got K={K}, block={block}")
-    if _stratified(model):
-        return _score_matrix_mixture(model, xs, ys, K, seed, progress)
+    if model.has_pairwise_kernel:
+        return _score_matrix_kernel(model, xs, ys, K, seed, progress)
     return _score_matrix_blocks(model, xs, ys, K, seed, block, progress)
 
 
@@ -168,12 +145,12 @@ def _marginal_rows(model, items: torch.Tensor, m: int, K: int, noise: ItemNoise,
                       for a in range(0, n, block)])
 
 
-def _score_matrix_mixture(model, xs, ys, K, seed, progress) -> np.ndarray:
-    """MMVAE: blocks of x rows against all y items through ``model.pairwise_log_weights`` (every
-    item is encoded and decoded once per block; the all-pairs likelihoods are cdist-style kernels)."""
+def _score_matrix_kernel(model, xs, ys, K, seed, progress) -> np.ndarray:
+    """Blocks of x rows against all y items through ``model.pairwise_log_weights`` (every item is
+    encoded and decoded once per block; the all-pairs likelihoods are cdist-style kernels)."""
     dev = model.device
     nx, ny = len(xs), len(ys)
-    noise = ItemNoise(model.family, K, model.latent_dim, seed, dev)
+    noise = ItemNoise(model.posterior_family, K, model.latent_dim, seed, dev)
     rows = max(1, 4 * ELEMENT_BUDGET // (2 * K * ny))
     out = np.empty((nx, ny), np.float64)
     show = nx * ny >= PROGRESS_MIN if progress is None else progress
@@ -192,9 +169,8 @@ def _score_matrix_blocks(model, xs, ys, K, seed, block, progress) -> np.ndarray:
     """Any model: block pairs of items, one forward pass each, ``log_weights`` over every pair."""
     dev = model.device
     nx, ny = len(xs), len(ys)
-    noise = ItemNoise(model.family, K, model.latent_dim, seed, dev)
-    S = model.n_modalities if _stratified(model) else 1
-    per_pair = S * K * _event_size(model)          # floats one pair's likelihood terms gather
+    noise = ItemNoise(model.posterior_family, K, model.latent_dim, seed, dev)
+    per_pair = model.n_strata * K * _event_size(model)          # floats one pair's likelihood terms gather
     block = max(1, min(block, 4 * ELEMENT_BUDGET // per_pair))
     chunk = max(1, ELEMENT_BUDGET // per_pair)
     out = np.empty((nx, ny), np.float64)
@@ -209,12 +185,11 @@ def _score_matrix_blocks(model, xs, ys, K, seed, block, progress) -> np.ndarray:
             iy = torch.arange(B).clamp(max=d - c - 1)
             x, y = xs[a:b][ix].to(dev), ys[c:d][iy].to(dev)
             ex, ey = noise.take("x", a, b)[:, ix.to(dev)], noise.take("y", c, d)[:, iy.to(dev)]
-            enc = model([x, y], K, noise=_forward_noise(model, ex, ey))
+            enc = model([x, y], K, noise=model.forward_noise([ex, ey]))
             J = torch.cartesian_prod(torch.arange(b - a), torch.arange(d - c)).T.to(dev)   # (2, P), row-major
             vals = []
             for part in J.split(chunk, 1):
-                pair_noise = None if _stratified(model) else combine_noise(model.family, ex[:, part[0]], ey[:, part[1]])
-                vals.append(O.iwae(model.log_weights(enc, part, noise=pair_noise, scaled=True)))
+                vals.append(O.iwae(model.log_weights(enc, part, noise=model.pairs_noise([ex, ey], part), scaled=True)))
             joint = torch.cat(vals).view(b - a, d - c)
             out[a:b, c:d] = (joint - px[a:b, None] - py[None, c:d]).double().cpu().numpy()
     return out
@@ -289,5 +264,5 @@ def run_relatedness(a: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ItemNoise", "combine_noise", "score_pairs", "score_index", "score_matrix", "evaluate_relatedness",
+__all__ = ["ItemNoise", "score_pairs", "score_index", "score_matrix", "evaluate_relatedness",
            "fit_threshold", "classification_report", "split_fit_report", "add_parser"]

@@ -34,7 +34,7 @@ import numpy as np
 from engine.config import DataConfig, RunConfig, preset_settings, resolve
 from engine.errors import ConfigError
 from engine.options import add_device_arg, add_setting_flags, arg_type
-from engine.registry import VARIANTS, parse_variant, variant_name
+from engine.registry import VARIANTS, model_class, parse_variant, variant_name
 from engine.validate import fraction, gamma_value
 
 # (key in metrics.json, sub-key, Table 1 column header)
@@ -134,10 +134,12 @@ class Cell:
 
 
 def cost_rank(cell: Cell, preset: Preset) -> int:
-    """Relative cost of a cell's training step: the contrastive term of MVAE/JMVAE encodes and decodes N
-    extra pairs per pair, MMVAE's reuses its cross-decodes (measured in bench/train_step.py)."""
+    """Relative cost of a cell's training step: the contrastive term of a single joint posterior (MVAE,
+    JMVAE) encodes and decodes N extra pairs per pair, a mixture's (MMVAE) reuses its cross-decodes
+    (measured in bench/train_step.py)."""
     family, contrastive = parse_variant(cell.variant)
-    return 1 + preset.N if contrastive and family != "mmvae" and not math.isinf(cell.gamma) else 1
+    reuses = model_class(family).mixture_posterior
+    return 1 + preset.N if contrastive and not reuses and not math.isinf(cell.gamma) else 1
 
 
 def grid(preset: Preset, ablation: bool) -> tuple[list[Cell], list[Cell]]:

@@ -24,9 +24,9 @@ from engine.config import RunConfig, resume_config
 from engine.device import pick_device
 from engine.errors import ConfigError, Diverged, Interrupted, TrainingError
 from engine.loss import variant_loss
-from engine.registry import build_data, model_from_config, parse_variant
+from engine.registry import build_data, families_with, model_class, model_from_config, parse_variant
 
-METRICS_NAME = "metrics.jsonl"
+CURVE_NAME = "metrics.jsonl"      # the training curve, a line per checkpoint (evaluate.METRICS_NAME: metrics.json)
 PROGRESS_NAME = "progress.json"
 
 
@@ -35,10 +35,12 @@ def check_variant(cfg: RunConfig) -> RunConfig:
     family, contrastive = parse_variant(cfg.variant)
     cfg.model.family = family
     cfg.objective.contrastive = contrastive
-    if cfg.objective.dreg and family != "mmvae":
-        raise ConfigError("DReG gradients are implemented for MMVAE only")
-    if cfg.objective.looser and family != "mmvae":
-        raise ConfigError("the looser stratified bound is for MMVAE's mixture posterior only")
+    model = model_class(family)
+    if cfg.objective.dreg and not model.supports_dreg:
+        raise ConfigError(f"DReG gradients are implemented for {families_with('supports_dreg')} only")
+    if cfg.objective.looser and not model.supports_looser:
+        raise ConfigError(f"the looser stratified bound is for {families_with('supports_looser')}'s mixture "
+                          "posterior only")
     return cfg.validate()
 
 
@@ -168,7 +170,6 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     total = n_batches * cfg.train.epochs
     if cfg.train.max_steps is not None:
         total = min(total, cfg.train.max_steps)
-    family = cfg.model.family
     bad_in_row, skipped = 0, 0
     bar = tqdm(total=total, initial=step, disable=not progress or rank > 0, desc=cfg.variant, unit="step")
     saved_step, last_save, t0 = step, time.monotonic(), time.time()
@@ -204,7 +205,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
             if h is not None:
                 line = {"epoch": done_epochs, "step": step, "seconds": round(time.time() - t0, 3),
                         "skipped": skipped, **means, "test_iwae": h}
-                with open(out / METRICS_NAME, "a") as f:
+                with open(out / CURVE_NAME, "a") as f:
                     f.write(json.dumps(line) + "\n")
             if not problem:
                 improved = h is not None and h > best["iwae"]
@@ -248,7 +249,7 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
                     xs, _ = ds.batch(order[b * bs:(b + 1) * bs])
                     b += 1
                     xs = [x.to(device, non_blocking=True) for x in xs]
-                    out_ = variant_loss(model, xs, family, cfg.objective, gen, k_chunk=cfg.train.k_chunk,
+                    out_ = variant_loss(model, xs, cfg.objective, gen, k_chunk=cfg.train.k_chunk,
                                         forward=forward)
                     if not _all_finite(out_.loss, world):
                         bad_in_row += 1
@@ -323,7 +324,7 @@ def _prepare_out(out: Path, cfg: RunConfig, step: int, best: dict | None) -> Non
         print(f"removed {len(stale)} temporary file(s) left in {out} by interrupted saves", file=sys.stderr)
     if best is not None and best["step"] == step and step > 0:
         atomic_copy(out / CHECKPOINT_NAME, out / BEST_NAME)     # a save stopped between the two files
-    p = out / METRICS_NAME
+    p = out / CURVE_NAME
     if p.exists():
         lines = p.read_text().splitlines()
         keep = [line for line in lines if _line_step(line) <= step]
@@ -400,7 +401,7 @@ def _untouched_rng(fn, *args):
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The lines of a run's metrics.jsonl, one per checkpoint (empty if none yet)."""
-    p = Path(run_dir) / METRICS_NAME
+    p = Path(run_dir) / CURVE_NAME
     if not p.exists():
         return []
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]

@@ -19,7 +19,7 @@ def step_changes_every_parameter(family, contrastive):
     model = build_model("mnist-svhn", family, latent_dim=L)
     before = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    out = variant_loss(model, batch(), family, ObjectiveConfig(contrastive=contrastive, K=2, N=2))
+    out = variant_loss(model, batch(), ObjectiveConfig(contrastive=contrastive, K=2, N=2))
     out.loss.backward()
     for k, p in model.named_parameters():
         if p.requires_grad:

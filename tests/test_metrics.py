@@ -27,6 +27,7 @@ class FakeGenerator:
         self.mods = [SimpleNamespace(name=n) for n in NAMES]
         self.device = torch.device("cpu")
         self.perfect, self.joint = perfect, joint
+        self.mixture_posterior = not joint
 
     def generate(self, n, generator=None):
         d = torch.randint(0, 10, (n,), generator=generator)
@@ -102,10 +103,11 @@ class LinearGaussian:
     """z ~ N(0,1) (1-D); x_m | z ~ N(z, 1) for m = 0, 1. Posteriors are exact, so
     p(x_m) = N(x_m; 0, 2) and p(x_0, x_1) = N(0, [[2, 1], [1, 2]]) in closed form."""
 
-    family = "normal"
+    posterior_family = "normal"
 
     def __init__(self, mixture: bool = False, shift: float = 0.0):
         self.mixture, self.shift = mixture, shift
+        self.mixture_posterior = mixture
         self.mods = [SimpleNamespace(name=n, decode=lambda z: z) for n in NAMES]
         self.prior = torch.zeros(1), torch.ones(1)
 

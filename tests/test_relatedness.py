@@ -73,7 +73,7 @@ def toy_model():
     gen = torch.Generator().manual_seed(0)
     for _ in range(150):
         xs, _ = data.train.batch(torch.randint(0, len(data.train), (64,), generator=gen))
-        loss = variant_loss(model, xs, "mmvae", ObjectiveConfig(K=4)).loss
+        loss = variant_loss(model, xs, ObjectiveConfig(K=4)).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

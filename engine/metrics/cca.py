@@ -299,7 +299,6 @@ def evaluate_cub(model, data, samples: int = 1000, test_pairs: int | None = 5000
     train split (default: the full train split of the run's dataset).
     """
     from engine.captions import caption_tokens, eval_mode
-    from engine.models import MMVAE
 
     if samples < 1 or (test_pairs is not None and test_pairs < 1):
         raise ConfigError(f"samples and test_pairs must be >= 1, got {samples} and {test_pairs}")
@@ -322,7 +321,7 @@ def evaluate_cub(model, data, samples: int = 1000, test_pairs: int | None = 5000
         order = order if test_pairs is None else order[:test_pairs]
         shuffled_caps = torch.randperm(len(order), generator=torch.Generator().manual_seed(seed + 1))
         keys = ["ground_truth", "shuffled", "image_to_caption", "caption_to_image"]
-        synergy = not isinstance(model, MMVAE)
+        synergy = not model.mixture_posterior
         if synergy:
             keys += ["synergy_joint_to_image", "synergy_joint_to_caption"]
         parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}

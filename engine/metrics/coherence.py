@@ -77,7 +77,7 @@ def synergy_coherence(model, classifiers: Sequence, xs: list[torch.Tensor], labe
     """Generate every modality from z ~ q(z | x_1..M); fraction whose predicted digit equals the label,
     keyed ``"joint_to_<n>"``. None where the joint posterior is a mixture (MMVAE; see SYNERGY_NOT_APPLICABLE)."""
     names = _names(model)
-    if model.joint_posterior([x[:1].to(model.device) for x in xs]) is None:
+    if model.mixture_posterior:
         return None
     hits = [0] * len(names)
     N = len(labels)

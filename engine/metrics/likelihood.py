@@ -29,10 +29,9 @@ from engine.models import distributions as D
 
 def joint_proposal(model, xs: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Components of q(z | x_1..M): one (loc, scale), or the unimodal posteriors of a mixture (MMVAE)."""
-    post = model.joint_posterior(xs)
-    if post is not None:
-        return [post]
-    return [model.unimodal_posterior(m, x) for m, x in enumerate(xs)]
+    if model.mixture_posterior:
+        return [model.unimodal_posterior(m, x) for m, x in enumerate(xs)]
+    return [model.joint_posterior(xs)]
 
 
 @torch.no_grad()
@@ -53,8 +52,9 @@ def iwae_targets(model, xs: list[torch.Tensor], components: list[tuple[torch.Ten
     needed = sorted({n for t in targets for n in t})
     acc = [torch.full(locs.shape[1:2], -math.inf, device=locs.device) for _ in targets]
     for start in range(0, S, k_chunk):
-        z = D.rsample(model.family, locs[:, None], scales[:, None], noise[:, start:start + k_chunk])  # (C,k,B,L)
-        comp_lq = D.log_prob(model.family, locs[:, None, None], scales[:, None, None], z[None]).sum(-1)
+        dist = model.posterior_family
+        z = D.rsample(dist, locs[:, None], scales[:, None], noise[:, start:start + k_chunk])  # (C,k,B,L)
+        comp_lq = D.log_prob(dist, locs[:, None, None], scales[:, None, None], z[None]).sum(-1)
         lq = D.mixture_log_prob(comp_lq)                        # (C, k, B)
         base = model.log_prior(z) - lq
         ll = {n: model.loglik(n, model.mods[n].decode(z), xs[n], scaled=False) for n in needed}

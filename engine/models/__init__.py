@@ -5,7 +5,7 @@ from engine.models.mmvae import MMVAE
 from engine.models.modalities import build_modalities
 from engine.models.mvae import MVAE
 
-FAMILIES = {"mmvae": MMVAE, "mvae": MVAE, "jmvae": JMVAE}
+MODEL_CLASSES = {"mmvae": MMVAE, "mvae": MVAE, "jmvae": JMVAE}
 
 
 def build_model(dataset: str, family: str, latent_dim: int = 20, learn_prior: bool = False,
@@ -14,7 +14,7 @@ def build_model(dataset: str, family: str, latent_dim: int = 20, learn_prior: bo
     mods = build_modalities(dataset, latent_dim, vocab_size, feature_dim)
     if family == "jmvae":
         return JMVAE(mods, latent_dim, learn_prior, alpha)
-    return FAMILIES[family](mods, latent_dim, learn_prior)
+    return MODEL_CLASSES[family](mods, latent_dim, learn_prior)
 
 
-__all__ = ["Encoded", "MultimodalVAE", "MMVAE", "MVAE", "JMVAE", "FAMILIES", "build_model"]
+__all__ = ["Encoded", "MultimodalVAE", "MMVAE", "MVAE", "JMVAE", "MODEL_CLASSES", "build_model"]

@@ -7,7 +7,10 @@ A model answers, for a batch of M-modal items and K samples:
   log w = log p(z) + sum_m lambda_m log p(x_m | z) - log q(z | .)
 - ``unimodal_log_weights(x, m, K)``: (K, B) weights for log p(x_m) through q(z | x_m).
 - ``base_objective(enc, estimator)``: the model's usual objective per item (to maximise).
-Nothing else in the engine knows how a model factorises its posterior.
+Capabilities are class attributes (``mixture_posterior``, ``default_estimator``, ``supports_dreg``,
+``supports_looser``, ``has_pairwise_kernel``) and noise builders (``draw_noise``, ``draw_pair_noise``,
+``forward_noise``, ``pairs_noise``), so nothing else in the engine knows how a model factorises its
+posterior or checks a model's class.
 """
 from __future__ import annotations
 
@@ -45,9 +48,16 @@ def take(t: torch.Tensor, idx: torch.Tensor | None, dim: int = 0) -> torch.Tenso
 
 
 class MultimodalVAE(nn.Module):
-    """Shared parts: modalities, prior, likelihood scaling, generation helpers."""
+    """Shared parts: modalities, prior, likelihood scaling, generation helpers, capabilities."""
 
-    family = "normal"           # posterior and prior family
+    posterior_family = "normal"  # distribution of posterior and prior (distributions.DISTRIBUTIONS)
+    # q(z | x_1..M) is a mixture of the unimodal posteriors: no single joint posterior, log weights
+    # stratified (one stratum per modality), new pairs re-index the strata's samples
+    mixture_posterior = False
+    default_estimator = "elbo"   # estimator of the usual objective when it is trained alone
+    supports_dreg = False        # base_objective(enc, "dreg") exists
+    supports_looser = False      # the looser stratified bound (objectives.looser) applies to its terms
+    has_pairwise_kernel = False  # pairwise_log_weights: all pairs of two item sets, no per-pair decodes
 
     def __init__(self, modalities: list[Modality], latent_dim: int, learn_prior: bool = False):
         super().__init__()
@@ -69,25 +79,30 @@ class MultimodalVAE(nn.Module):
         return len(self.mods)
 
     @property
+    def n_strata(self) -> int:
+        """Row blocks of K in log weights: one per modality for a mixture, else one."""
+        return self.n_modalities if self.mixture_posterior else 1
+
+    @property
     def device(self) -> torch.device:
         return self.prior_loc.device
 
     def prior_scale(self) -> torch.Tensor:
         """Prior scale: 1 at initialisation; learnable when learn_prior (Shi et al. 2019)."""
-        if self.family == "laplace":
+        if self.posterior_family == "laplace":
             return torch.softmax(self.prior_raw, -1) * self.latent_dim
         return torch.exp(self.prior_raw)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        return D.log_prob(self.family, self.prior_loc, self.prior_scale(), z).sum(-1)
+        return D.log_prob(self.posterior_family, self.prior_loc, self.prior_scale(), z).sum(-1)
 
     def encode(self, m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unimodal posterior (or expert) parameters for modality m."""
         loc, raw = self.mods[m].encode(x)
-        return loc, D.posterior_scale(self.family, raw)
+        return loc, D.posterior_scale(self.posterior_family, raw)
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
-        return D.noise(self.family, shape, device=self.device, generator=generator)
+        return D.noise(self.posterior_family, shape, device=self.device, generator=generator)
 
     def loglik(self, n: int, params: torch.Tensor, x: torch.Tensor, scaled: bool = True) -> torch.Tensor:
         ll = self.mods[n].log_likelihood(params, x)
@@ -98,8 +113,8 @@ class MultimodalVAE(nn.Module):
 
     def _joint_lw(self, xs, loc, scale, eps, scaled):
         """Log weights under one (non-mixture) joint posterior: sample, decode every modality, score."""
-        z = D.rsample(self.family, loc, scale, eps)
-        lq = D.log_prob(self.family, loc, scale, z).sum(-1)
+        z = D.rsample(self.posterior_family, loc, scale, eps)
+        lq = D.log_prob(self.posterior_family, loc, scale, z).sum(-1)
         params = self.decode_all(z)
         lpx = sum(self.loglik(n, params[n], xs[n], scaled) for n in range(len(xs)))
         return self.log_prior(z) + lpx - lq, z, params
@@ -116,11 +131,25 @@ class MultimodalVAE(nn.Module):
         """How many (K, B, L) noise tensors ``forward`` consumes."""
         return 1
 
-    pair_noise = True           # whether scoring arbitrary pairs draws fresh samples (not MMVAE)
-
     def draw_noise(self, batch_size: int, K: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """All the noise one ``forward`` uses, drawn up front (so it can be split over K chunks)."""
         return [self.noise((K, batch_size, self.latent_dim), generator) for _ in range(self.noise_streams())]
+
+    def draw_pair_noise(self, n_pairs: int, K: int, generator: torch.Generator | None = None
+                        ) -> torch.Tensor | None:
+        """The noise ``log_weights(enc, J, noise)`` takes for ``n_pairs`` new pairs, drawn up front:
+        each pair's own joint posterior is sampled afresh."""
+        return self.noise((K, n_pairs, self.latent_dim), generator)
+
+    def pairs_noise(self, item_noise: list[torch.Tensor], J: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Noise of pairs J (None: the positive pairs) as a function of their items' noise
+        ``item_noise[m]`` (K, B, L), so a pair's score does not depend on batching."""
+        parts = [take(e, None if J is None else J[m], 1) for m, e in enumerate(item_noise)]
+        return D.combine_noise(self.posterior_family, parts)
+
+    def forward_noise(self, item_noise: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The noise list ``forward`` takes for positive pairs whose items carry ``item_noise``."""
+        return [self.pairs_noise(item_noise)] * self.noise_streams()
 
     def objective_terms(self, enc: Encoded) -> tuple[list[torch.Tensor], torch.Tensor | float]:
         """The usual objective as log-weight tensors (each reduced by the estimator) plus a
@@ -137,7 +166,7 @@ class MultimodalVAE(nn.Module):
         return self.encode(m, x)
 
     def joint_posterior(self, xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """q(z | x_1..M) as one (loc, scale), or None where it is a mixture (MMVAE)."""
+        """q(z | x_1..M) as one (loc, scale), or None where it is a mixture (``mixture_posterior``)."""
         raise NotImplementedError
 
     def unimodal_log_weights(self, x: torch.Tensor, m: int, K: int, noise: torch.Tensor | None = None,
@@ -145,15 +174,15 @@ class MultimodalVAE(nn.Module):
         """(K, B) log weights for log p(x_m), with z ~ q(z | x_m) and modality m's decoder."""
         loc, scale = self.unimodal_posterior(m, x)
         eps = noise if noise is not None else self.noise((K, *loc.shape))
-        z = D.rsample(self.family, loc, scale, eps)
-        lq = D.log_prob(self.family, loc, scale, z).sum(-1)
+        z = D.rsample(self.posterior_family, loc, scale, eps)
+        lq = D.log_prob(self.posterior_family, loc, scale, z).sum(-1)
         return self.log_prior(z) + self.loglik(m, self.mods[m].decode(z), x, scaled) - lq
 
     # ---- generation ------------------------------------------------------------------------
     @torch.no_grad()
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         eps = self.noise((n, self.latent_dim), generator)
-        return D.rsample(self.family, self.prior_loc, self.prior_scale(), eps)
+        return D.rsample(self.posterior_family, self.prior_loc, self.prior_scale(), eps)
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -164,7 +193,7 @@ class MultimodalVAE(nn.Module):
     @torch.no_grad()
     def posterior_sample(self, loc: torch.Tensor, scale: torch.Tensor,
                          generator: torch.Generator | None = None) -> torch.Tensor:
-        return D.rsample(self.family, loc, scale, self.noise(loc.shape, generator))
+        return D.rsample(self.posterior_family, loc, scale, self.noise(loc.shape, generator))
 
     @torch.no_grad()
     def cross_generate(self, x: torch.Tensor, m: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -175,8 +204,7 @@ class MultimodalVAE(nn.Module):
     @torch.no_grad()
     def joint_generate(self, xs: list[torch.Tensor], n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Synergy generation: modality n from z ~ q(z | x_1..M)."""
-        post = self.joint_posterior(xs)
-        if post is None:
+        if self.mixture_posterior:
             raise ValueError(f"{type(self).__name__} has no single joint posterior (it is a mixture)")
-        z = self.posterior_sample(*post, generator)
+        z = self.posterior_sample(*self.joint_posterior(xs), generator)
         return self.mods[n].mean(self.mods[n].decode(z))

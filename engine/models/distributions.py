@@ -1,4 +1,4 @@
-"""Posterior and prior families, products and mixtures of experts, and likelihoods.
+"""Posterior and prior distributions (DISTRIBUTIONS), products and mixtures of experts, and likelihoods.
 
 Everything works on explicit (loc, scale) tensors that broadcast over leading sample and batch
 dimensions, so a model can evaluate any posterior or decoder output at any other item's data by
@@ -13,33 +13,44 @@ import torch.nn.functional as F
 
 LOG2 = math.log(2.0)
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-FAMILIES = ("laplace", "normal")
+DISTRIBUTIONS = ("laplace", "normal")
 
 
-def noise(family: str, shape: tuple[int, ...], *, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+def noise(dist: str, shape: tuple[int, ...], *, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Standard noise for reparameterised sampling: N(0,1) for normal, U(-1/2, 1/2) for laplace."""
-    if family == "normal":
+    if dist == "normal":
         return torch.randn(shape, device=device, generator=generator)
-    if family == "laplace":
+    if dist == "laplace":
         return torch.rand(shape, device=device, generator=generator) - 0.5
-    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    raise ValueError(f"unknown distribution {dist!r}; choose from {DISTRIBUTIONS}")
 
 
-def rsample(family: str, loc: torch.Tensor, scale: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def rsample(dist: str, loc: torch.Tensor, scale: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Reparameterised sample from standard noise ``eps`` (see :func:`noise`)."""
-    if family == "normal":
+    if dist == "normal":
         return loc + scale * eps
     u = eps.clamp(-0.5 + 1e-6, 0.5 - 1e-6)
     return loc - scale * torch.sign(u) * torch.log1p(-2.0 * u.abs())
 
 
-def log_prob(family: str, loc: torch.Tensor, scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def log_prob(dist: str, loc: torch.Tensor, scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Elementwise log-density (no reduction) of a Laplace or Normal."""
-    if family == "laplace":
+    if dist == "laplace":
         return -(x - loc).abs() / scale - torch.log(2.0 * scale)
-    if family == "normal":
+    if dist == "normal":
         return -0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - HALF_LOG_2PI
-    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    raise ValueError(f"unknown distribution {dist!r}; choose from {DISTRIBUTIONS}")
+
+
+def combine_noise(dist: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Standard noise of a pair from its items' standard noises (same shape and distribution).
+
+    Normal: the sum over sqrt(n). Laplace (uniform noise on [-1/2, 1/2)): the sum mod 1, recentred.
+    """
+    total = sum(parts)
+    if dist == "normal":
+        return total * (1.0 / math.sqrt(len(parts)))
+    return torch.remainder(total + len(parts) / 2, 1.0) - 0.5
 
 
 def kl_normal(loc_q: torch.Tensor, scale_q: torch.Tensor, loc_p: torch.Tensor, scale_p: torch.Tensor) -> torch.Tensor:
@@ -68,12 +79,12 @@ def mixture_log_prob(component_log_probs: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(component_log_probs, 0) - math.log(component_log_probs.shape[0])
 
 
-def posterior_scale(family: str, raw: torch.Tensor) -> torch.Tensor:
+def posterior_scale(dist: str, raw: torch.Tensor) -> torch.Tensor:
     """Map an encoder's raw output to a positive scale.
 
     Laplace (MMVAE) uses Shi et al. 2019's softmax * L parameterisation; Normal uses softplus.
     """
-    if family == "laplace":
+    if dist == "laplace":
         return F.softmax(raw, -1) * raw.shape[-1] + 1e-6
     return F.softplus(raw) + 1e-6
 

@@ -65,7 +65,7 @@ def _ctor_args(m) -> dict:
 
 
 class JMVAE(MultimodalVAE):
-    family = "normal"
+    posterior_family = "normal"
 
     def __init__(self, modalities, latent_dim, learn_prior=False, alpha: float = 0.01):
         super().__init__(modalities, latent_dim, learn_prior)
@@ -78,7 +78,7 @@ class JMVAE(MultimodalVAE):
     def joint_posterior(self, xs):
         h = self.joint_encoder(list(xs))
         L = self.latent_dim
-        return h[..., :L], D.posterior_scale(self.family, h[..., L:])
+        return h[..., :L], D.posterior_scale(self.posterior_family, h[..., L:])
 
     def forward(self, xs, K=1, noise=None) -> Encoded:
         posts = [self.encode(m, x) for m, x in enumerate(xs)]

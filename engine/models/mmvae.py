@@ -15,14 +15,19 @@ from engine.models.base import Encoded, MultimodalVAE, take
 
 
 class MMVAE(MultimodalVAE):
-    family = "laplace"
+    posterior_family = "laplace"
+    mixture_posterior = True
+    default_estimator = "iwae"
+    supports_dreg = True
+    supports_looser = True
+    has_pairwise_kernel = True
 
     def forward(self, xs, K=1, noise=None) -> Encoded:
         posts = [self.encode(m, x) for m, x in enumerate(xs)]
         locs, scales = [p[0] for p in posts], [p[1] for p in posts]
         if noise is None:
             noise = [self.noise((K, *loc.shape)) for loc in locs]
-        zs = [D.rsample(self.family, loc, s, e) for loc, s, e in zip(locs, scales, noise)]
+        zs = [D.rsample(self.posterior_family, loc, s, e) for loc, s, e in zip(locs, scales, noise)]
         # One decoder call per target modality over all strata's K*B latents.
         z_all = torch.stack(zs)                                   # (M, K, B, L)
         decoded = [mod.decode(z_all) for mod in self.mods]        # [n] -> (M, K, B, ...)
@@ -34,7 +39,7 @@ class MMVAE(MultimodalVAE):
         key = ("items", scaled)
         if key not in enc.extra:
             lpz = [self.log_prior(z) for z in enc.z]
-            lq_self = [D.log_prob(self.family, enc.loc[s], enc.scale[s], enc.z[s]).sum(-1)
+            lq_self = [D.log_prob(self.posterior_family, enc.loc[s], enc.scale[s], enc.z[s]).sum(-1)
                        for s in range(len(enc.z))]
             ll_self = [self.loglik(s, enc.params[s][s], enc.xs[s], scaled) for s in range(len(enc.z))]
             enc.extra[key] = (lpz, lq_self, ll_self)
@@ -59,7 +64,7 @@ class MMVAE(MultimodalVAE):
                 loc, sc = take(enc.loc[s], js), take(enc.scale[s], js)
                 if detach_q:
                     loc, sc = loc.detach(), sc.detach()
-                own_lq = D.log_prob(self.family, loc, sc, z).sum(-1)
+                own_lq = D.log_prob(self.posterior_family, loc, sc, z).sum(-1)
                 own_ll = self.loglik(s, take(enc.params[s][s], js, 1), take(enc.xs[s], js), scaled)
             lq, lpx = [], own_ll
             for m in range(M):
@@ -70,7 +75,7 @@ class MMVAE(MultimodalVAE):
                 loc, sc = take(enc.loc[m], jm), take(enc.scale[m], jm)
                 if detach_q:
                     loc, sc = loc.detach(), sc.detach()
-                lq.append(D.log_prob(self.family, loc, sc, z).sum(-1))
+                lq.append(D.log_prob(self.posterior_family, loc, sc, z).sum(-1))
                 lpx = lpx + self.loglik(m, take(enc.params[s][m], js, 1), take(enc.xs[m], jm), scaled)
             lws.append(lp + lpx - D.mixture_log_prob(torch.stack(lq)))
         return torch.cat(lws, 0)
@@ -93,7 +98,7 @@ class MMVAE(MultimodalVAE):
                 if m == s:
                     continue
                 partner = Jb[m].gather(-1, inv)                   # (nb, B): item i's partner in modality m
-                lq.append(D.log_prob(self.family, enc.loc[m][partner], enc.scale[m][partner], z).sum(-1))
+                lq.append(D.log_prob(self.posterior_family, enc.loc[m][partner], enc.scale[m][partner], z).sum(-1))
                 lpx = lpx + self.loglik(m, enc.params[s][m].unsqueeze(1), enc.xs[m][partner], scaled)
             lq = torch.stack(torch.broadcast_tensors(*lq))
             item_major = lpz[s].unsqueeze(1) + lpx - D.mixture_log_prob(lq)      # (K, nb, B)
@@ -119,8 +124,8 @@ class MMVAE(MultimodalVAE):
         for s, o in ((0, 1), (1, 0)):
             loc, sc = posts[s]
             n_s, n_o = len(xs[s]), len(xs[o])
-            z = D.rsample(self.family, loc, sc, noise[s])                        # (K, n_s, L)
-            lq_own = D.log_prob(self.family, loc, sc, z).sum(-1).flatten()
+            z = D.rsample(self.posterior_family, loc, sc, noise[s])                        # (K, n_s, L)
+            lq_own = D.log_prob(self.posterior_family, loc, sc, z).sum(-1).flatten()
             zf = z.reshape(-1, z.shape[-1])                                      # row k*n_s + i
             decode_size = max(self.mods[m].decode(zf[:1]).numel() for m in (s, o))
             rows = max(1, budget // max(n_o * (z.shape[-1] + 1), decode_size))
@@ -132,17 +137,27 @@ class MMVAE(MultimodalVAE):
                 own = self.log_prior(zc) + self.loglik(s, self.mods[s].decode(zc), xs[s][items], scaled)
                 ll = self.mods[o].pairwise_log_likelihood(self.mods[o].decode(zc), xs[o])
                 ll = ll * self.llik_scaling[o] if scaled else ll
-                lq_other = D.log_prob(self.family, lo, so, zc.unsqueeze(1)).sum(-1)   # (rows, n_o)
+                lq_other = D.log_prob(self.posterior_family, lo, so, zc.unsqueeze(1)).sum(-1)   # (rows, n_o)
                 lq = torch.stack(torch.broadcast_tensors(lq_own[a:a + rows, None], lq_other))
                 pieces.append(own[:, None] + ll - D.mixture_log_prob(lq))
             lw = torch.cat(pieces).view(K, n_s, n_o)
             out.append(lw if s == 0 else lw.transpose(1, 2))
         return torch.cat(out, 0)
 
-    pair_noise = False
-
     def noise_streams(self) -> int:
         return len(self.mods)
+
+    def draw_pair_noise(self, n_pairs, K, generator=None):
+        """None: new pairs re-index the strata's samples and decodes (no new noise)."""
+        return None
+
+    def pairs_noise(self, item_noise, J=None):
+        """None: stratum s of a pair is its modality-s item's own sample."""
+        return None
+
+    def forward_noise(self, item_noise):
+        """One stratum per modality: each item's noise is its stratum's noise."""
+        return list(item_noise)
 
     def objective_terms(self, enc):
         """Stratified log weights of the mixture posterior (Shi et al. 2019's m_iwae)."""

@@ -13,7 +13,7 @@ from engine.models.base import Encoded, MultimodalVAE, take
 
 
 class MVAE(MultimodalVAE):
-    family = "normal"
+    posterior_family = "normal"
 
     def _poe(self, locs: list[torch.Tensor], scales: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         prior_loc = self.prior_loc.expand_as(locs[0])
@@ -56,7 +56,7 @@ class MVAE(MultimodalVAE):
         terms = [self.log_weights(enc)]
         for m, x in enumerate(enc.xs):
             loc, scale = self._poe([enc.loc[m]], [enc.scale[m]])
-            z = D.rsample(self.family, loc, scale, enc.noise[1 + m])
+            z = D.rsample(self.posterior_family, loc, scale, enc.noise[1 + m])
             terms.append(self.log_prior(z) + self.loglik(m, self.mods[m].decode(z), x)
-                         - D.log_prob(self.family, loc, scale, z).sum(-1))
+                         - D.log_prob(self.posterior_family, loc, scale, z).sum(-1))
         return terms, 0.0
