@@ -107,3 +107,22 @@ def test_pairwise_log_likelihood_equals_broadcast_log_likelihood(dataset):
         ref = mod.log_likelihood(params.unsqueeze(1), x.unsqueeze(0))            # (5, 3) by broadcasting
         torch.testing.assert_close(mod.pairwise_log_likelihood(params, x), ref, rtol=1e-5, atol=1e-3)
         torch.testing.assert_close(Modality.pairwise_log_likelihood(mod, params, x), ref)   # the generic default
+
+
+def test_grouped_laplace_likelihood_equals_the_broadcast_reference():
+    """The batched cdist kernel (each item's K decodes at G chosen items) equals the plain
+    broadcast of Modality.log_likelihood, in value and gradient; so does the (K, B) own-item path."""
+    from engine.models.modalities import SVHN, Modality
+
+    torch.manual_seed(0)
+    mod = SVHN(latent_dim=4).double()
+    params = torch.rand(3, 5, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(4, 5, 3, 32, 32, dtype=torch.float64)
+    fast = mod.grouped_log_likelihood(params, x)
+    (g_fast,) = torch.autograd.grad(fast.sum(), params)
+    ref = Modality.grouped_log_likelihood(mod, params, x)            # broadcasting l1_distance
+    (g_ref,) = torch.autograd.grad(ref.sum(), params)
+    assert fast.shape == (3, 4, 5)
+    assert torch.allclose(fast, ref, rtol=1e-10) and torch.allclose(g_fast, g_ref)
+    own = mod.log_likelihood(params, x[0])
+    assert torch.allclose(own, ref[:, 0], rtol=1e-10)

@@ -108,6 +108,11 @@ class MultimodalVAE(nn.Module):
         ll = self.mods[n].log_likelihood(params, x)
         return ll * self.llik_scaling[n] if scaled else ll
 
+    def grouped_loglik(self, n: int, params: torch.Tensor, x: torch.Tensor, scaled: bool = True) -> torch.Tensor:
+        """(K, G, B) log p(x[g, b] | params[k, b]) for modality n (``Modality.grouped_log_likelihood``)."""
+        ll = self.mods[n].grouped_log_likelihood(params, x)
+        return ll * self.llik_scaling[n] if scaled else ll
+
     def decode_all(self, z: torch.Tensor) -> list[torch.Tensor]:
         return [mod.decode(z) for mod in self.mods]
 

