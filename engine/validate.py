@@ -46,10 +46,7 @@ def fraction(value: Any) -> float:
 
 
 def gamma_value(value: Any) -> float:
-    v = _number(float, value)
-    if not v > 0:
-        raise ValueError(f"must be > 0 (or 'inf' for the baseline), got {value}")
-    return v
+    return _above_zero(value, "'inf' for the baseline")
 
 
 def positive_float(value: Any) -> float:
@@ -67,9 +64,14 @@ def nonnegative_float(value: Any) -> float:
 
 
 def positive_or_inf(value: Any) -> float:
+    return _above_zero(value, "'inf' for never")
+
+
+def _above_zero(value: Any, inf_means: str) -> float:
+    """A number > 0, where inf is allowed and means ``inf_means``."""
     v = _number(float, value)
     if not v > 0:
-        raise ValueError(f"must be > 0 (or 'inf' for never), got {value}")
+        raise ValueError(f"must be > 0 (or {inf_means}), got {value}")
     return v
 
 
