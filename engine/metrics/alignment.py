@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from engine.captions import eval_mode
+
 
 def _spread(params: torch.Tensor) -> float:
     """Mean over coordinates of the standard deviation across items (dim 0) of decoder outputs."""
@@ -33,17 +35,18 @@ def expert_alignment(model, xs: list[torch.Tensor], generator: torch.Generator |
     if len(xs) != 2 or len(xs[0]) < 2:
         raise ValueError("expert_alignment needs two modalities and at least two paired items")
     n = len(xs[0])
-    model.eval()
-    posts = [model.unimodal_posterior(m, x.to(model.device)) for m, x in enumerate(xs)]
-    other = (torch.arange(n, device=model.device) + n // 2) % n
-    paired = (posts[0][0] - posts[1][0]).abs().sum(-1).mean().item()
-    unpaired = (posts[0][0] - posts[1][0][other]).abs().sum(-1).mean().item()
-    z = [model.posterior_sample(loc, scale, generator) for loc, scale in posts]
-    names = [mod.name for mod in model.mods]
-    spread = {}
-    for m, n_ in ((0, 1), (1, 0)):
-        cross, own = _spread(model.mods[n_].decode(z[m])), _spread(model.mods[n_].decode(z[n_]))
-        spread[f"{names[m]}_to_{names[n_]}"] = {"cross": cross, "own": own, "ratio": cross / own if own > 0 else None}
+    with eval_mode(model):
+        posts = [model.unimodal_posterior(m, x.to(model.device)) for m, x in enumerate(xs)]
+        other = (torch.arange(n, device=model.device) + n // 2) % n
+        paired = (posts[0][0] - posts[1][0]).abs().sum(-1).mean().item()
+        unpaired = (posts[0][0] - posts[1][0][other]).abs().sum(-1).mean().item()
+        z = [model.posterior_sample(loc, scale, generator) for loc, scale in posts]
+        names = [mod.name for mod in model.mods]
+        spread = {}
+        for m, n_ in ((0, 1), (1, 0)):
+            cross, own = _spread(model.mods[n_].decode(z[m])), _spread(model.mods[n_].decode(z[n_]))
+            spread[f"{names[m]}_to_{names[n_]}"] = {"cross": cross, "own": own,
+                                                    "ratio": cross / own if own > 0 else None}
     return {"paired_distance": paired, "random_distance": unpaired,
             "distance_ratio": paired / unpaired if unpaired > 0 else None,
             "cross_decode_spread": spread, "n": n}
