@@ -121,7 +121,9 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
     ``classifiers`` (mnist_clf, svhn_clf, info) and ``data`` may be passed in to skip loading them
     (tests, the reproduce grid); by default they come from ``get_classifiers`` and the run's config.
     CUB runs call ``engine.metrics.cca.evaluate_cub`` and add ``retrieval``
-    (``engine.retrieval.retrieval_metrics`` over up to RETRIEVAL_PAIRS test images).
+    (``engine.retrieval.retrieval_metrics`` over up to RETRIEVAL_PAIRS test images) and, for the
+    procedural birds, ``captions`` (``engine.metrics.attributes.caption_quality``). Every run gets
+    ``alignment`` (``engine.metrics.alignment.expert_alignment`` on ALIGNMENT_PAIRS test pairs).
     """
     import engine
     from engine.registry import build_data

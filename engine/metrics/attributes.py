@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.captions import caption_tokens, eval_mode
 from engine.data.synth_birds import COLOUR_WORDS, PART_WORDS, PATTERN_WORDS, PLUMAGE_PARTS
 
 WORD_COLOUR = {w: c for c, words in COLOUR_WORDS.items() for w in words}
@@ -95,8 +96,6 @@ def caption_quality(model, data, n: int = 500, seed: int = 0) -> dict | None:
     """Captions generated from ``n`` test images (greedy, z ~ q(z | image)): attribute coherence
     with its chance, and the repeated-token rate. None where the data has no generator attributes
     (real CUB); only the procedural birds know what is true of an image."""
-    from engine.captions import eval_mode
-
     path = Path(data.root) / ATTRIBUTES_FILE if getattr(data, "root", None) else None
     if path is None or not path.is_file():
         return None
@@ -108,7 +107,7 @@ def caption_quality(model, data, n: int = 500, seed: int = 0) -> dict | None:
     gen = torch.Generator(device=model.device).manual_seed(seed)
     with eval_mode(model):
         z = model.posterior_sample(*model.unimodal_posterior(0, x.to(model.device)), gen)
-        tokens = model.mods[1].decode(z).argmax(-1).cpu()
+        tokens = caption_tokens(model.mods[1].decode(z), "greedy").cpu()
     texts = [data.vocab.decode(t) for t in tokens]
     return {"attribute_coherence": attribute_coherence(texts, attrs, seed),
             "repeated_token_rate": repeated_token_rate([t.split() for t in texts]),

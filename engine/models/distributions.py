@@ -94,8 +94,8 @@ class _L1(torch.autograd.Function):
 
     Autograd's chain (sub, abs, sum) keeps several full-size temporaries; this makes one in the
     forward (abs in place) and one in the backward (sign and scale in place), and reduces it to
-    each input's shape. Negatives score every decode against N other items, so these
-    (K, N, B, D) temporaries are the contrastive step's largest memory traffic.
+    each input's shape. Laplace modalities score their K decodes per item with a batched cdist
+    (``LaplaceModality.grouped_log_likelihood``); this is the general broadcasting path.
     """
 
     @staticmethod
