@@ -8,7 +8,8 @@ Mixed precision lives here: with ``set_precision("bf16")`` the encoder and decod
 under bf16 autocast (their matmuls and convolutions), and what they return is cast back to fp32,
 so likelihoods, log weights, log-sum-exps and the optimiser never see bf16. Convolutional
 modalities keep their weights and activations channels-last (NHWC), the layout oneDNN's CPU
-convolutions are fastest in.
+convolutions are fastest in; their decoders' transposed convolutions are ``UpConv2d``
+(``nn.ConvTranspose2d``'s parameters and results, computed faster: engine/models/upconv.py).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.models.distributions import l1_distance
+from engine.models.upconv import UpConv2d
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -159,10 +161,10 @@ class SVHN(LaplaceModality):
             _Split(nn.Conv2d(128, L, 4, 1, 0), nn.Conv2d(128, L, 4, 1, 0)))
         self.decoder = nn.Sequential(
             nn.Unflatten(1, (L, 1, 1)),
-            nn.ConvTranspose2d(L, 128, 4, 1, 0), nn.ReLU(),
-            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(32, 3, 4, 2, 1), nn.Sigmoid())
+            UpConv2d(L, 128, 4, 1, 0), nn.ReLU(),
+            UpConv2d(128, 64, 4, 2, 1), nn.ReLU(),
+            UpConv2d(64, 32, 4, 2, 1), nn.ReLU(),
+            UpConv2d(32, 3, 4, 2, 1), nn.Sigmoid())
         self.to(memory_format=torch.channels_last)
 
 
@@ -219,14 +221,14 @@ class CUBSentence(Modality):
             _Split(nn.Conv2d(512, L, 4, 1, 0), nn.Conv2d(512, L, 4, 1, 0)))
 
         def up(cin, cout, k, s, p):
-            return [nn.ConvTranspose2d(cin, cout, k, s, p), nn.BatchNorm2d(cout), nn.ReLU()]
+            return [UpConv2d(cin, cout, k, s, p), nn.BatchNorm2d(cout), nn.ReLU()]
 
         self.decoder = nn.Sequential(
             nn.Unflatten(1, (L, 1, 1)),
-            nn.ConvTranspose2d(L, 512, 4, 1, 0), nn.ReLU(),
+            UpConv2d(L, 512, 4, 1, 0), nn.ReLU(),
             *up(512, 256, (1, 4), (1, 2), (0, 1)), *up(256, 128, (1, 4), (1, 2), (0, 1)),
             *up(128, 64, 4, 2, 1), *up(64, 32, 4, 2, 1),
-            nn.ConvTranspose2d(32, 1, 4, 2, 1), nn.ReLU(),
+            UpConv2d(32, 1, 4, 2, 1), nn.ReLU(),
             nn.Flatten(1, 2),                      # (B, 32, 128)
             nn.Linear(self.emb_dim, vocab_size))   # Word Emb.T -> logits (B, 32, V)
         self.to(memory_format=torch.channels_last)
