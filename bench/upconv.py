@@ -10,7 +10,10 @@ columns alike, so the ratio is the figure to read.
                            [--reps 5] [--threads 1]
 
 7,680 latents = K=30 x 2 modalities x batch 128 (the MMVAE bench step); 128 = K=2 x 2 x batch 32
-(the shipped recipes).
+(the shipped recipes). ``--step dataset:K:batch ...`` times whole MMVAE training steps
+(bench/train_step.py's loss, Adam) the same way: one model and an exact copy with plain
+nn.ConvTranspose2d layers, alternating steps (the birds steps take the looser bound, as their
+recipe).
 """
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.train_step import batch as data_batch  # noqa: E402
+from bench.train_step import build  # noqa: E402
+from engine.config import ObjectiveConfig  # noqa: E402
+from engine.loss import variant_loss  # noqa: E402
 from engine.models.modalities import PRECISIONS, SVHN, CUBSentence  # noqa: E402
 from engine.models.upconv import UpConv2d  # noqa: E402
 
@@ -73,11 +80,39 @@ def ab(new: nn.Module, x: torch.Tensor, precision: str, reps: int) -> tuple[floa
     return 1000 * statistics.median(t_old), 1000 * statistics.median(t_new)
 
 
+def step_ab(spec: str, precision: str, reps: int) -> tuple[float, float]:
+    """Median ms per MMVAE training step (old, new) for ``dataset:K:batch``, steps alternating."""
+    dataset, K, B = spec.split(":")
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    new = build(dataset, "mmvae", device, precision)
+    old = plain(new)
+    xs = data_batch(dataset, int(B), device)
+    obj = ObjectiveConfig(K=int(K), N=5, looser=dataset != "mnist-svhn")
+    opts = {id(m): torch.optim.Adam(m.parameters(), lr=1e-4) for m in (old, new)}
+
+    def step(model) -> float:
+        t = time.perf_counter()
+        opts[id(model)].zero_grad(set_to_none=True)
+        variant_loss(model, xs, obj).loss.backward()
+        opts[id(model)].step()
+        return time.perf_counter() - t
+
+    step(old), step(new)
+    t_old, t_new = [], []
+    for _ in range(reps):
+        t_old.append(step(old))
+        t_new.append(step(new))
+    return 1000 * statistics.median(t_old), 1000 * statistics.median(t_new)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--svhn-batch", type=int, nargs="*", default=[7680, 128], help="latents per SVHN decoder call")
     ap.add_argument("--caption-batch", type=int, nargs="*", default=[128], help="latents per caption decoder call")
     ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=list(PRECISIONS))
+    ap.add_argument("--step", nargs="*", default=[], metavar="DATASET:K:BATCH",
+                    help="whole MMVAE steps, e.g. mnist-svhn:30:128 mnist-svhn:2:32 cub-synthetic:2:32")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
@@ -96,6 +131,12 @@ def main() -> None:
                 for name, m, x in rows:
                     old, new = ab(m, x, precision, a.reps)
                     print(f"| {key} | {name} | {n} | {precision} | {old:.1f} | {new:.1f} | {new / old:.2f} |", flush=True)
+    for spec in a.step:
+        dataset, K, B = spec.split(":")
+        for precision in a.precision:
+            old, new = step_ab(spec, precision, a.reps)
+            print(f"| {dataset} | MMVAE training step, K={K} | {B} | {precision} | {old:.0f} | {new:.0f} | "
+                  f"{new / old:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
