@@ -113,6 +113,13 @@ def test_output_size_and_float64_match():
     _assert_close(_run(new, x.double()), _run(ref, x.double()), 1e-12)
 
 
+def test_other_devices_take_conv_transpose2d():
+    ref, new = _pair(4, 3, 4, 2, 1)
+    x = torch.randn(2, 4, 5, 5, device="meta")
+    assert not new._fast(x, None)
+    assert new.to("meta")(x).shape == ref.to("meta")(x).shape == (2, 3, 10, 10)
+
+
 @pytest.mark.parametrize("make", [lambda: SVHN(20), lambda: CUBSentence(64, 90)], ids=["svhn", "caption"])
 def test_state_dict_is_conv_transpose2ds(make):
     """The decoders' UpConv2d layers have nn.ConvTranspose2d's state-dict keys and shapes."""

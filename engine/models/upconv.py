@@ -4,10 +4,11 @@ The decoders' transposed convolutions dominate a training step, and oneDNN's ker
 have three slow spots that the same mathematics avoids (BENCHMARKS.md, "Transposed
 convolutions"):
 
-* **the bias gradient**: asking oneDNN's backward for the bias gradient as well as the weight
-  gradient costs 40-80 % more than the weight gradient alone; a ``sum`` over batch and space
-  gives the same numbers for a fraction of that. Every layer here takes its input and weight
-  gradients from oneDNN's own transposed-convolution backward and the bias gradient from that sum.
+* **the bias gradient**: asking oneDNN's backward for the bias gradient as well as the input
+  and weight gradients makes it 20-75 % slower, while a ``sum`` of the output gradient over
+  batch and space takes a few ms (and is the more accurate sum). Every layer here takes its input
+  and weight gradients from oneDNN's own transposed-convolution backward and the bias gradient
+  from that sum.
 * **a 1x1 input** (the first decoder layer, latents to a ``k x k`` map): the transposed
   convolution is a matrix product, so it runs as ``F.linear`` (forward and backward).
 * **few output channels** (the image decoder's 32->3 and the sentence decoder's 32->1 output
@@ -17,9 +18,9 @@ convolutions"):
   transposed forward handles so few output channels poorly.
 
 State-dict keys, shapes and outputs are those of ``nn.ConvTranspose2d`` (checkpoints load
-unchanged); configurations outside these cases (groups, dilation, output padding, an explicit
-``output_size``) run ``nn.ConvTranspose2d.forward``. Under autocast the inputs are cast as
-autocast casts them for ``conv_transpose2d``.
+unchanged); other devices (unmeasured) and configurations outside these cases (groups, dilation,
+output padding, an explicit ``output_size``) run ``nn.ConvTranspose2d.forward``. Under autocast
+the inputs are cast as autocast casts them for ``conv_transpose2d``.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 _conv_backward = torch.ops.aten.convolution_backward
-PHASE_MAX_OUT_CHANNELS = 4      # phase forward only below this width (measured faster at 1 and 3, slower at 32)
+PHASE_BELOW_OUT_CHANNELS = 4    # phase forward under this width: faster at 1 and 3 channels, slower at 32 and 64
 
 
 def phase_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -97,18 +98,19 @@ class UpConv2d(nn.ConvTranspose2d):
     docstring says: ``F.linear`` for a 1x1 input, the phase forward for few output channels at
     kernel 4 / stride 2 / padding 1, and the bias gradient by a sum in every case."""
 
-    def _plain(self) -> bool:
-        return (self.groups != 1 or self.dilation != (1, 1) or self.output_padding != (0, 0)
-                or self.padding_mode != "zeros" or isinstance(self.padding, str))
+    def _fast(self, x: torch.Tensor, output_size) -> bool:
+        """Whether a fast path applies: CPU, a 4-d input, no ``output_size`` and a plain configuration."""
+        return (x.device.type == "cpu" and x.dim() == 4 and output_size is None and self.groups == 1
+                and self.dilation == (1, 1) and self.output_padding == (0, 0) and self.padding_mode == "zeros")
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
-        if output_size is not None or x.dim() != 4 or self._plain():
+        if not self._fast(x, output_size):
             return super().forward(x, output_size)
         if x.shape[-2:] == (1, 1) and self.padding == (0, 0):
             return self._from_vector(x)
         x, weight, bias = _autocast(x, self.weight, self.bias)
         phase = (self.kernel_size == (4, 4) and self.stride == (2, 2) and self.padding == (1, 1)
-                 and self.out_channels < PHASE_MAX_OUT_CHANNELS)
+                 and self.out_channels < PHASE_BELOW_OUT_CHANNELS)
         with torch.autocast(x.device.type, enabled=False):
             return _ConvTranspose.apply(x, weight, bias, self.stride, self.padding, phase)
 
