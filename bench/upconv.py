@@ -58,25 +58,29 @@ def layer_inputs(decoder: nn.Sequential, z: torch.Tensor) -> list[tuple[str, nn.
     return out
 
 
-def fwd_bwd(module: nn.Module, x: torch.Tensor, precision: str) -> float:
-    """Seconds for one forward and backward (input, weight and bias gradients) under ``precision``."""
+def fwd_bwd(module: nn.Module, x: torch.Tensor, precision: str, grad: torch.Tensor | None = None) -> float:
+    """Seconds for one forward and backward (input, weight and bias gradients) under ``precision``,
+    for the output gradient ``grad`` (a random one in the output's dtype and layout, as a ReLU's
+    backward would pass it, if None)."""
     x = x.detach().requires_grad_()
     module.zero_grad(set_to_none=True)
     t = time.perf_counter()
     with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
         y = module(x)
-    y.float().sum().backward()
+    y.backward(torch.randn_like(y) if grad is None else grad)
     return time.perf_counter() - t
 
 
 def ab(new: nn.Module, x: torch.Tensor, precision: str, reps: int) -> tuple[float, float]:
-    """Median ms (old, new), old and new alternating."""
+    """Median ms (old, new), old and new alternating, for one fixed output gradient."""
     old = plain(new)
-    fwd_bwd(old, x, precision), fwd_bwd(new, x, precision)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        grad = torch.randn_like(old(x))
+    fwd_bwd(old, x, precision, grad), fwd_bwd(new, x, precision, grad)
     t_old, t_new = [], []
     for _ in range(reps):
-        t_old.append(fwd_bwd(old, x, precision))
-        t_new.append(fwd_bwd(new, x, precision))
+        t_old.append(fwd_bwd(old, x, precision, grad))
+        t_new.append(fwd_bwd(new, x, precision, grad))
     return 1000 * statistics.median(t_old), 1000 * statistics.median(t_new)
 
 

@@ -80,7 +80,7 @@ class _ConvTranspose(torch.autograd.Function):
             gx, gw, _ = _conv_backward(grad, x, weight, None, list(stride), list(padding), [1, 1], True, [0, 0], 1,
                                        [need_x, need_w, False])
         if need_b:
-            gb = grad.sum((0, 2, 3))
+            gb = grad.sum((2, 3)).sum(0)        # in two steps: fast for NCHW and NHWC gradients alike
         return gx, gw, gb, None, None, None
 
 
