@@ -5,7 +5,7 @@ have three slow spots that the same mathematics avoids (BENCHMARKS.md, "Transpos
 convolutions"):
 
 * **the bias gradient**: asking oneDNN's backward for the bias gradient as well as the input
-  and weight gradients makes it 20-75 % slower, while a ``sum`` of the output gradient over
+  and weight gradients makes it 20-90 % slower, while a ``sum`` of the output gradient over
   batch and space takes a few ms (and is the more accurate sum). Every layer here takes its input
   and weight gradients from oneDNN's own transposed-convolution backward and the bias gradient
   from that sum.
