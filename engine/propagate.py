@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from engine.data.paired import PairedDataset
 from engine.data.pairing import unrelated_pairs
 from engine.errors import ConfigError, DataError
 from engine.options import add_data_args, add_device_arg, arg_type, data_config_from_args, flag_settings
+from engine.provenance import git_commit, machine
 from engine.relatedness import classification_report, evaluate_relatedness, fit_threshold, score_index
 from engine.validate import positive_int, variant
 
@@ -230,27 +229,6 @@ def propagate(settings: PropagateSettings, data_cfg, out: str | Path, data=None,
 
 
 # ---- Figure 8f comparison ----------------------------------------------------------------------
-def _machine(device: str) -> str:
-    from engine.device import pick_device
-
-    dev = pick_device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} torch threads, device {name}, torch {torch.__version__}")
-
-
-def _git_commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "engine"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (engine/ has uncommitted changes)" if dirty else "")
-
-
 def compare(settings: PropagateSettings, data_cfg, report_dir: str | Path, runs_dir: str | Path,
             preset: str | None = None, progress: bool = True) -> dict:
     """Figure 8f: MMVAE, cI-MMVAE, cC-MMVAE and the Siamese baseline on the same splits.
@@ -268,7 +246,7 @@ def compare(settings: PropagateSettings, data_cfg, report_dir: str | Path, runs_
         s = dataclasses.replace(settings, model=name, retrain=False)
         rows.append(propagate(s, data_cfg, runs_dir / name, data, splits, progress))
     wall = time.time() - t0
-    header = {"git_commit": _git_commit(), "machine": _machine(settings.device), "wall_s": round(wall, 1),
+    header = {"git_commit": git_commit(report_dir), "machine": machine(settings.device), "wall_s": round(wall, 1),
               "preset": preset, "settings": {k: v for k, v in dataclasses.asdict(settings).items()
                                              if k not in ("model", "retrain")},
               "data": dataclasses.asdict(data_cfg), "sizes": rows[0]["sizes"]}

@@ -22,8 +22,6 @@ import io
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 from engine.config import DataConfig, RunConfig, preset_settings, resolve
 from engine.errors import ConfigError
 from engine.options import add_device_arg, add_setting_flags, arg_type
+from engine.provenance import git_commit, machine
 from engine.registry import VARIANTS, model_class, parse_variant, variant_name
 from engine.validate import fraction, gamma_value
 
@@ -318,28 +317,6 @@ def _write_figure(fig, path: Path) -> list[Path]:
     return out
 
 
-def git_commit(ignore: Path | None = None) -> str:
-    """HEAD, marked when tracked files differ from it; changes under ``ignore`` (the report's own folder,
-    rewritten by every run) do not count."""
-    try:
-        root = Path(__file__).resolve().parents[1]
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        inside = ignore is not None and Path(ignore).resolve().is_relative_to(root)
-        spec = [f":(exclude){Path(ignore).resolve().relative_to(root)}"] if inside else []
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *spec],
-                               cwd=root, capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "") or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def machine() -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA GPU"
-    return f"{platform.platform()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
-
-
 def _cell_seconds(results: list[tuple[Cell, dict]]) -> float:
     """Training plus evaluation seconds recorded in the cells' metrics (each cell counted once)."""
     seen = {c: m for c, m in results}
@@ -439,9 +416,10 @@ def _invocation_lines(invs: list[dict]) -> list[str]:
 
 def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: list[tuple[Cell, dict]],
                  wall: float, ran: int, skipped: int, classifier_acc: dict | None,
-                 diverged_runs: dict[str, tuple[float, float]] | None = None) -> dict[str, Path]:
+                 diverged_runs: dict[str, tuple[float, float]] | None = None, device: str = "auto") -> dict[str, Path]:
     """Write report.md, table1.csv, figure6.html and (with ablation cells) ablation.csv, figure11.html.
-    ``diverged_runs`` (run name -> best, last held-out IWAE) are listed under Table 1."""
+    ``diverged_runs`` (run name -> best, last held-out IWAE) are listed under Table 1; ``device`` is
+    the one the header's machine line names."""
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     rows = aggregate(main, lambda c: (c.fraction, c.variant))
@@ -454,7 +432,7 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
             files[p.name] = p
     e = preset.eval
     header = [f"# Reproduction report: preset `{preset.name}`", "",
-              f"- git commit: {git_commit(out)}", f"- machine: {machine()}",
+              f"- git commit: {git_commit(out)}", f"- machine: {machine(device)}",
               f"- wall time of this invocation: {wall:.0f} s ({ran} cells run, {skipped} already done); "
               f"compute of all cells: {_cell_seconds(main + abl):.0f} s (training + evaluation)",
               *_invocation_lines(read_invocations(out)),
@@ -589,7 +567,7 @@ def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: s
     bad = {c.dirname(preset.gamma): d for c in cells
            if (d := diverged(read_metrics(out / "runs" / c.dirname(preset.gamma)))) is not None}
     return write_report(out, preset, [(c, done[c]) for c in main], [(c, done[c]) for c in abl],
-                        wall, ran, skipped, acc, bad)
+                        wall, ran, skipped, acc, bad, device)
 
 
 def add_parser(sub) -> None:
