@@ -68,6 +68,12 @@ class MultimodalVAE(nn.Module):
         self.prior_raw = nn.Parameter(raw, requires_grad=learn_prior)
         self.register_buffer("llik_scaling", torch.tensor(likelihood_scaling(modalities)))
 
+    @classmethod
+    def from_settings(cls, modalities: list[Modality], latent_dim: int, learn_prior: bool = False,
+                      alpha: float = 0.01) -> "MultimodalVAE":
+        """The model from its ModelConfig settings; each family takes those it has (JMVAE: alpha)."""
+        return cls(modalities, latent_dim, learn_prior)
+
     def set_precision(self, precision: str) -> "MultimodalVAE":
         """Run every modality's networks in ``precision`` ('fp32' or 'bf16'); the rest stays fp32."""
         for mod in self.mods:
