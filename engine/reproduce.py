@@ -44,15 +44,12 @@ COLUMNS = [("latent_accuracy", "mnist", "Latent acc. M"), ("latent_accuracy", "s
            ("synergy_coherence", "joint_to_svhn", "Synergy joint→S")]
 ABLATION_GAMMAS = (1.0, 1.1, 2.0, 5.0, 10.0, math.inf)
 ABLATION_VARIANT = "cI-MMVAE"
-# The Preset fields that are run settings, and those settings (engine.config).
-RUN_SETTINGS = {"K": "objective.K", "N": "objective.N", "gamma": "objective.gamma", "latent_dim": "model.latent_dim",
-                "learn_prior": "model.learn_prior", "dm": "data.dm", "epochs": "train.epochs",
-                "max_steps": "train.max_steps", "batch_size": "train.batch_size", "lr": "train.lr"}
 
 
 @dataclass
 class Preset:
-    """A grid and the train / evaluation settings of every cell."""
+    """A grid, the run settings of every cell (a partial config: engine.config.PRESETS) and the
+    evaluation sizes."""
 
     name: str
     notes: str
@@ -61,34 +58,30 @@ class Preset:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     gammas: tuple[float, ...] = ABLATION_GAMMAS
     ablation_fraction: float = 1.0
-    # training
-    K: int = 30
-    N: int = 5
-    gamma: float = 2.0
-    latent_dim: int = 20
-    learn_prior: bool = False
-    dm: int = 30
-    epochs: int = 30
-    max_steps: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    # evaluation
+    settings: dict = field(default_factory=dict)      # dotted setting -> value, over the schema's defaults
     eval: dict = field(default_factory=lambda: {"samples": 10000, "ll_samples": 1000, "test_pairs": None,
                                                 "ll_pairs": 1000, "latent_max": None})
 
+    @property
+    def config(self) -> RunConfig:
+        """The run settings every cell shares (MNIST-SVHN, the schema's defaults under ``settings``)."""
+        return resolve(self.settings, dataset="mnist-svhn")
+
+    @property
+    def gamma(self) -> float:
+        return self.config.objective.gamma
+
     def run_config(self, variant: str, fraction: float, seed: int, gamma: float, source: str = "offline",
                    root: str | None = None, download: bool = False, device: str = "auto") -> RunConfig:
-        return resolve(overrides={**{name: getattr(self, key) for key, name in RUN_SETTINGS.items()},
-                                  "variant": variant, "data.dataset": "mnist-svhn", "data.source": source,
-                                  "data.root": root, "data.download": download, "data.data_fraction": fraction,
-                                  "data.seed": seed, "train.seed": seed, "train.device": device,
-                                  "objective.gamma": gamma})
+        return resolve(self.settings, {"variant": variant, "data.source": source, "data.root": root,
+                                       "data.download": download, "data.data_fraction": fraction,
+                                       "data.seed": seed, "train.seed": seed, "train.device": device,
+                                       "objective.gamma": gamma}, dataset="mnist-svhn")
 
     @classmethod
     def named(cls, name: str, notes: str, **grid) -> "Preset":
         """The preset whose run settings are engine.config.PRESETS["reproduce-<name>"]."""
-        by_setting = {v: k for k, v in RUN_SETTINGS.items()}
-        return cls(name, notes, **{by_setting[k]: v for k, v in preset_settings(f"reproduce-{name}").items()}, **grid)
+        return cls(name, notes, settings=preset_settings(f"reproduce-{name}"), **grid)
 
 
 def paper_preset() -> Preset:
@@ -138,7 +131,7 @@ def cost_rank(cell: Cell, preset: Preset) -> int:
     (measured in bench/train_step.py)."""
     family, contrastive = parse_variant(cell.variant)
     reuses = model_class(family).mixture_posterior
-    return 1 + preset.N if contrastive and not reuses and not math.isinf(cell.gamma) else 1
+    return 1 + preset.config.objective.N if contrastive and not reuses and not math.isinf(cell.gamma) else 1
 
 
 def grid(preset: Preset, ablation: bool) -> tuple[list[Cell], list[Cell]]:
@@ -430,7 +423,7 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
         fig = figure(rows, lambda k: 100 * k[0], lambda k: k[1], "data used (%)", "Figure 6: metrics against data fraction")
         for p in _write_figure(fig, out / "figure6"):
             files[p.name] = p
-    e = preset.eval
+    e, c = preset.eval, preset.config
     header = [f"# Reproduction report: preset `{preset.name}`", "",
               f"- git commit: {git_commit(out)}", f"- machine: {machine(device)}",
               f"- wall time of this invocation: {wall:.0f} s ({ran} cells run, {skipped} already done); "
@@ -438,10 +431,10 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
               *_invocation_lines(read_invocations(out)),
               f"- grid: models {', '.join(preset.models)}; fractions {', '.join(f'{f:g}' for f in preset.fractions)}; "
               f"seeds {', '.join(map(str, preset.seeds))}",
-              f"- training: K={preset.K}, N={preset.N}, gamma={preset.gamma:g}, latent dim {preset.latent_dim}, "
-              f"learnt prior scale {'on' if preset.learn_prior else 'off'}, "
-              f"dm={preset.dm}, batch {preset.batch_size}, lr {preset.lr:g}, epochs {preset.epochs}, "
-              f"max steps {preset.max_steps}",
+              f"- training: K={c.objective.K}, N={c.objective.N}, gamma={c.objective.gamma:g}, latent dim "
+              f"{c.model.latent_dim}, learnt prior scale {'on' if c.model.learn_prior else 'off'}, "
+              f"dm={c.data.dm}, batch {c.train.batch_size}, lr {c.train.lr:g}, epochs {c.train.epochs}, "
+              f"max steps {c.train.max_steps}",
               f"- evaluation: {json.dumps(e)}"]
     if classifier_acc:
         header.append("- digit classifiers (test accuracy): "
@@ -605,7 +598,7 @@ def preset_from_args(a: argparse.Namespace) -> Preset:
     if a.max_steps is not None:
         if a.max_steps < 1:
             raise ConfigError(f"--max-steps must be >= 1, got {a.max_steps}")
-        changes["max_steps"] = a.max_steps
+        changes["settings"] = {**preset.settings, "train.max_steps": a.max_steps}
     return replace(preset, **changes)
 
 
