@@ -18,22 +18,31 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import json
 import math
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from engine.config import DataConfig, RunConfig, preset_settings, resolve
-from engine.errors import ConfigError
+from engine.device import pick_device
+from engine.errors import ConfigError, Diverged
+from engine.evaluate import METRICS_NAME, evaluate, read_evaluation
+from engine.metrics.classifiers import get_classifiers
 from engine.options import add_device_arg, add_setting_flags, arg_type
 from engine.provenance import git_commit, machine
-from engine.registry import VARIANTS, model_class, parse_variant, variant_name
+from engine.registry import VARIANTS, build_data, model_class, parse_variant, variant_name
+from engine.train import read_metrics, train
 from engine.validate import fraction, gamma_value
 
 # (key in metrics.json, sub-key, Table 1 column header)
@@ -144,8 +153,6 @@ def grid(preset: Preset, ablation: bool) -> tuple[list[Cell], list[Cell]]:
 
 def split_done(preset: Preset, cells: list[Cell], out: Path) -> tuple[dict[Cell, dict], list[tuple[Cell, Path]]]:
     """The metrics of the cells already evaluated, and (cell, run dir) of those still to run, in order."""
-    from engine.evaluate import METRICS_NAME, read_evaluation
-
     done, todo = {}, []
     for cell in cells:
         run_dir = out / "runs" / cell.dirname(preset.gamma)
@@ -159,11 +166,6 @@ def split_done(preset: Preset, cells: list[Cell], out: Path) -> tuple[dict[Cell,
 def run_cell(preset: Preset, cell: Cell, run_dir: Path, classifiers, data_cache: dict, source: str,
              root: str | None, download: bool, device: str, progress: bool) -> dict:
     """Train (or resume a half-trained run) and evaluate one cell; its metrics."""
-    from engine.errors import Diverged
-    from engine.evaluate import evaluate
-    from engine.registry import build_data
-    from engine.train import train
-
     cfg = preset.run_config(cell.variant, cell.fraction, cell.seed, cell.gamma, source, root, download, device)
     key = (cell.fraction, cell.seed)
     if key not in data_cache:
@@ -239,6 +241,7 @@ def csv_text(rows: list[dict], key_names: list[str]) -> str:
 def figure(rows: list[dict], x_of: Callable[[tuple], object], line_of: Callable[[tuple], str], x_title: str,
            title: str, baseline: dict | None = None):
     """Plotly figure: one panel per Table 1 column (synergy omitted), one line per group, ±std bars."""
+    # plotly is a dashboard dependency (and ~80 ms on every CLI call, which imports this module): the figures only
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -300,8 +303,6 @@ def redraw_figures(out: Path, ablation_fraction: float) -> list[Path]:
 def _write_figure(fig, path: Path) -> list[Path]:
     """HTML that works offline: plotly.js is one shared plotly.min.js beside the reports (written
     once, ~4.6 MB, instead of a CDN link or a copy inside every file); PNG too where kaleido is installed."""
-    import importlib.util
-
     fig.write_html(str(path.with_suffix(".html")), include_plotlyjs="directory")
     out = [path.with_suffix(".html"), path.parent / "plotly.min.js"]
     if importlib.util.find_spec("kaleido") is not None:
@@ -477,8 +478,6 @@ _WORKER: dict = {}
 
 def _init_worker(threads: int, classifiers) -> None:
     """Pool worker: an equal share of the CPU threads, the classifiers, and its own data cache."""
-    import torch
-
     torch.set_num_threads(threads)
     _WORKER.update(classifiers=classifiers, data={})
 
@@ -493,11 +492,6 @@ def _run_parallel(preset: Preset, todo: list[tuple[Cell, Path]], classifiers, so
                   download: bool, device: str, progress: bool, workers: int) -> dict[Cell, dict]:
     """Run the cells of ``todo`` in ``workers`` processes; a failed cell does not stop the others, and the
     failures are raised together once every other cell has finished (their results are kept on disk)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm.auto import tqdm
-
     todo = sorted(todo, key=lambda t: -cost_rank(t[0], preset))   # longest first: the workers finish together
     done, failed = {}, []
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -529,16 +523,11 @@ def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: s
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
-    from tqdm.auto import tqdm
-
-    from engine.device import pick_device
 
     t0 = time.time()
     out = Path(out)
     main, abl = grid(preset, ablation)
     if classifiers is None:
-        from engine.metrics.classifiers import get_classifiers
-
         classifiers = get_classifiers(DataConfig(source=source, root=root, download=download),
                                       pick_device(device), progress)
     cells = list(dict.fromkeys(main + abl))
@@ -555,7 +544,6 @@ def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: s
     wall = time.time() - t0
     if ran:
         log_invocation(out, wall, ran, skipped, workers)
-    from engine.train import read_metrics
 
     bad = {c.dirname(preset.gamma): d for c in cells
            if (d := diverged(read_metrics(out / "runs" / c.dirname(preset.gamma)))) is not None}

@@ -63,10 +63,10 @@ def test_evaluate_keys_types_ranges(tiny_run, classifiers, variant):
 
 
 def test_evaluate_cli_prints_json(tiny_run, classifiers, monkeypatch, capsys):
-    import engine.metrics.classifiers as clf_mod
+    import engine.evaluate
     from engine.cli import main
 
-    monkeypatch.setattr(clf_mod, "get_classifiers", lambda *a, **k: classifiers)
+    monkeypatch.setattr(engine.evaluate, "get_classifiers", lambda *a, **k: classifiers)
     run = tiny_run("cI-MMVAE")
     rc = main(["evaluate", str(run), "--json", "--samples", "20", "--ll-samples", "0", "--test-pairs", "10",
                "--latent-max", "100", "--device", "cpu", "--no-progress"])
@@ -133,7 +133,6 @@ TINY = {"objective.K": 2, "objective.N": 2, "data.dm": 2, "train.epochs": 1, "tr
 
 
 def test_reproduce_tiny_grid_writes_tables_and_resumes(tmp_path, classifiers, monkeypatch):
-    import engine.train
     from engine import reproduce as R
 
     preset = R.Preset("tiny", "tests only", models=("cI-MMVAE",), fractions=(0.1,), seeds=(0,), gammas=(math.inf,),
@@ -154,7 +153,7 @@ def test_reproduce_tiny_grid_writes_tables_and_resumes(tmp_path, classifiers, mo
     def refuse(*a, **k):
         raise AssertionError("a finished cell was retrained")
 
-    monkeypatch.setattr(engine.train, "train", refuse)
+    monkeypatch.setattr(R, "train", refuse)
     again = R.reproduce(preset, out, ablation=True, device="cpu", progress=False, classifiers=classifiers)
     assert "0 cells run, 2 already done" in again["report.md"].read_text()
 

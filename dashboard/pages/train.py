@@ -122,7 +122,7 @@ def live() -> None:
 
 
 def _read_metrics(job) -> list[dict]:
-    from engine.train import read_metrics
+    from engine.train import read_metrics       # torch (~2 s): imported once a run exists, after the form
 
     try:
         return read_metrics(job.out)
