@@ -78,6 +78,10 @@ class ModelConfig:
                               V.positive_int, default_for=lambda cfg: 64 if _is_cub(cfg) else 20)
     learn_prior: bool = setting(False, "learnable prior scale (MMVAE)")
     alpha: float = setting(0.01, "JMVAE-kl weight on the KL(q(z|x,y) || q(z|x_m)) terms", V.nonnegative_float)
+    likelihood_weights: str | None = setting(None, "training weight of each modality's log-likelihood, comma-separated "
+                                             "in the data's order (MNIST,SVHN or image,caption), e.g. 0.025,5; "
+                                             "default: Shi et al. 2019's rule (MNIST x 3072/784; CUB image x 32 / "
+                                             "feature width, caption x 1)", V.likelihood_weights)
     vocab_size: int = setting(0, "CUB sentence model (filled in from the data)", derived=True)
     feature_dim: int = setting(0, "CUB image features width (filled in from the data)", derived=True)
 
@@ -293,7 +297,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                            "train.precision": "bf16"},
     "shipped-cub-synthetic": {"train.batch_size": 32, "objective.K": 2, "objective.N": 5, "objective.gamma": 2.0,
                               "train.lr": 1e-3, "model.learn_prior": True, "train.seed": 0, "data.seed": 0,
-                              "train.epochs": 100, "train.max_steps": 7500, "objective.looser": True},
+                              "train.epochs": 100, "train.max_steps": 20000, "objective.looser": True,
+                              "train.precision": "bf16", "model.likelihood_weights": "0.025,5"},
 }
 
 

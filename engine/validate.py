@@ -78,6 +78,18 @@ def _above_zero(value: Any, inf_means: str) -> float:
     return v
 
 
+def likelihood_weights(value: Any) -> str:
+    """Comma-separated finite weights > 0, one per modality ("0.025,5"); returned as written."""
+    parts = [p.strip() for p in str(value).split(",")]
+    try:
+        weights = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"must be numbers separated by commas, one per modality (e.g. 0.025,5), got {value!r}") from None
+    if len(weights) < 2 or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"must be two or more finite numbers > 0 separated by commas, got {value!r}")
+    return ",".join(parts)
+
+
 def variant(value: Any) -> str:
     """A variant name in the paper's spelling ('ci-mmvae' -> 'cI-MMVAE')."""
     try:

@@ -131,3 +131,10 @@ def test_a_link_with_threshold_is_read_and_unknown_keys_are_named(root):
     assert any("`?thr=`" in w.value and "t=" in w.value for w in at.warning), [w.value for w in at.warning]
     bad = app("relatedness", query={"runs": "cI-MMVAE", "t": "high"})
     assert any("Ignored the link's threshold `high`" in w.value for w in bad.warning)
+
+
+def test_loading_status_is_cleared_once_the_panels_are_drawn(root):
+    at = app("relatedness")
+    assert problems(at) == [] and len(at.metric) == 8
+    labels = [s.label for s in at.status]
+    assert not any("Loading the PMI" in label for label in labels), labels

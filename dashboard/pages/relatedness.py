@@ -6,18 +6,23 @@ Moving a threshold reruns only its fragment: metrics come from the engine's clas
 on cached scores, so PMI is never recomputed. Runs and thresholds live in the URL (?runs=..&t=..);
 a hand-typed ?threshold= is read as t, and other keys are named as ignored.
 """
-import numpy as np
 import streamlit as st
-
-from dashboard import logic, plots, state, ui
-
-URL_KEYS = {"runs", "t", "threshold", "embed", "embed_options"}
 
 st.title("Relatedness")
 st.caption("Pointwise mutual information PMI(x, y) = log p(x,y) − log p(x) − log p(y) on test pairs. "
            "A pair is judged **related** when its PMI is at least the threshold. A contrastive model "
            "(cI-/cC-) should separate the two histograms better than its baseline. The red dot on the ROC and "
            "precision–recall curves is the current threshold.")
+# A spinner before the imports below: on a fresh server they, the run scan and the threshold fit take
+# ~2 s before the first metric (3.6 s to first content measured, BENCHMARKS.md), so the page shows it is working.
+loading = st.empty()
+loading.status("Loading the PMI scores and fitting thresholds …")
+
+import numpy as np  # noqa: E402
+
+from dashboard import logic, plots, state, ui  # noqa: E402
+
+URL_KEYS = {"runs", "t", "threshold", "embed", "embed_options"}
 
 # ---- URL -> selection (once per session) ---------------------------------------------------------
 if "_rel_url_read" not in st.session_state:
@@ -48,6 +53,7 @@ dataset = ui.pick_dataset("rel", container=st.sidebar)
 runs = ui.pick_runs("rel", multi=True, dataset=dataset, max_selections=2, label="Models (one or two)",
                     default_names=("MMVAE", "cI-MMVAE"), container=st.sidebar)
 if not runs:
+    loading.empty()
     st.stop()
 st.query_params["runs"] = ",".join(r.name for r in runs)
 rel_mod = state.engine_feature("thresholds", "classification_report", "fit_threshold")
@@ -176,3 +182,4 @@ for slot, (run, col) in enumerate(zip(runs, columns)):
         arrays = scores_of(run, slot)
         if arrays is not None:
             threshold_panel(run, slot, arrays[0], arrays[1], compact=len(runs) > 1)
+loading.empty()

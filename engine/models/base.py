@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from engine import objectives as O
+from engine.errors import ConfigError
 from engine.models import distributions as D
 from engine.models.modalities import Modality, likelihood_scaling
 
@@ -73,6 +74,14 @@ class MultimodalVAE(nn.Module):
                       alpha: float = 0.01) -> "MultimodalVAE":
         """The model from its ModelConfig settings; each family takes those it has (JMVAE: alpha)."""
         return cls(modalities, latent_dim, learn_prior)
+
+    def set_likelihood_weights(self, weights: list[float]) -> "MultimodalVAE":
+        """Replace Shi et al.'s likelihood scaling (``llik_scaling``, used in training) by ``weights``."""
+        if len(weights) != self.n_modalities:
+            raise ConfigError(f"likelihood_weights needs one weight per modality ({self.n_modalities}: "
+                              f"{', '.join(m.name for m in self.mods)}), got {len(weights)}")
+        self.llik_scaling.copy_(torch.tensor(weights, dtype=self.llik_scaling.dtype))
+        return self
 
     def set_precision(self, precision: str) -> "MultimodalVAE":
         """Run every modality's networks in ``precision`` ('fp32' or 'bf16'); the rest stays fp32."""
