@@ -1,6 +1,6 @@
 """Dashboard speed: cold start to a rendered page, and the server work of one threshold change.
 
-    python bench/dashboard.py [--checkpoints checkpoints] [--changes 20]
+    python -m bench.dashboard [--checkpoints checkpoints] [--changes 20]
 
 (a) Cold start, per page: a fresh ``streamlit run streamlit_app.py`` (headless, free port, CMVAE_CHECKPOINTS
     = --checkpoints, an empty runs root) is started while headless Chromium waits; the page is opened as soon
@@ -32,8 +32,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import plotly.io
+import plotly.tools
+from playwright.sync_api import sync_playwright
+
+from dashboard import logic, plots, state
+from engine.relatedness import classification_report
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -127,8 +134,6 @@ def cold_start(browser, page: str, env: dict, timeout: float = 400.0) -> tuple[f
 
 def threshold_scores(checkpoints: Path):
     """(related, unrelated, where from): saved PMI of the first run that has it, else synthetic scores."""
-    import numpy as np
-
     for rel in sorted(checkpoints.glob("*/pmi_related.npy")):
         unrel = rel.with_name("pmi_unrelated.npy")
         if unrel.is_file():
@@ -139,12 +144,6 @@ def threshold_scores(checkpoints: Path):
 
 def threshold_change_ms(related, unrelated, changes: int) -> list[float]:
     """Wall time (ms) of the threshold fragment's work for ``changes`` successive slider steps."""
-    import plotly.io
-    import plotly.tools
-
-    from dashboard import logic, plots, state
-    from engine.relatedness import classification_report
-
     scores, labels = logic.scores_labels(related, unrelated)
     lo, hi, step = logic.threshold_range(scores)
     best, _ = state.fit_threshold(scores, labels, "f1")       # first call fills the caches, as on page load
@@ -179,8 +178,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as runs:
         env = {**os.environ, "CMVAE_CHECKPOINTS": str(checkpoints), "CMVAE_RUNS": runs,
                "CMVAE_REPORTS": str(Path(runs) / "reports")}
-        from playwright.sync_api import sync_playwright
-
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             try:

@@ -1,6 +1,6 @@
 """Data-parallel training throughput with 1 and 2 processes (torchrun; gloo on CPU, nccl on CUDA).
 
-    python bench/ddp.py [--procs 1 2] [--steps 20] [--K 5] [--batch-size 128] [--model cI-MMVAE]
+    python -m bench.ddp [--procs 1 2] [--steps 20] [--K 5] [--batch-size 128] [--model cI-MMVAE]
 Throughput is global pairs per second over the timed epoch (from metrics.jsonl 'seconds').
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
                    "-m", "engine", "train", "--model", a.model, "--dm", "1", "--K", str(a.K),
                    "--batch-size", str(a.batch_size), "--max-steps", str(a.steps), "--no-progress",
                    "--out", str(Path(tmp) / "run")]
-            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // p)), "PYTHONPATH": str(ROOT)}
+            env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // p))}
             subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
             line = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[-1])
             rows.append((p, line["seconds"], a.steps * a.batch_size / line["seconds"]))

@@ -1,6 +1,6 @@
 """PMI scoring speed: pairs/s for score_pairs and the time of a 1,000 x 1,000 score_matrix.
 
-    python bench/pmi.py [--run checkpoints/mnist-svhn-cI-MMVAE] [--K 30] [--pairs 2000] [--matrix 1000]
+    python -m bench.pmi [--run checkpoints/mnist-svhn-cI-MMVAE] [--K 30] [--pairs 2000] [--matrix 1000]
                         [--generic 200] [--precision fp32|bf16]
 Without --run, an untrained cI-MMVAE is timed (speed does not depend on training). ``--generic``
 also times the model-agnostic block path (forward + log_weights per block of pairs) on a smaller
@@ -9,17 +9,14 @@ matrix, against which MMVAE's all-pairs kernel (MMVAE.pairwise_log_weights) is c
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-import engine  # noqa: E402
-from engine.models import build_model  # noqa: E402
-from engine.relatedness import _score_matrix_blocks, score_matrix, score_pairs  # noqa: E402
+import engine
+from engine.device import pick_device
+from engine.models import build_model
+from engine.relatedness import _score_matrix_blocks, score_matrix, score_pairs
 
 
 def main() -> None:
@@ -36,7 +33,6 @@ def main() -> None:
     if a.run:
         model = engine.load(a.run, device=a.device)
     else:
-        from engine.device import pick_device
         model = build_model("mnist-svhn", "mmvae").to(pick_device(a.device)).eval()
     model.set_precision(a.precision)
     torch.manual_seed(0)

@@ -3,33 +3,31 @@
 Each memory row runs in a fresh subprocess and reports its peak resident memory (CPU) or peak
 CUDA allocation, so rows do not contaminate each other. Prints Markdown tables for BENCHMARKS.md.
 
-    python bench/scaling.py [--batch-size 128] [--Ks 1 5 30] [--Ns 1 5 10] [--mem-Ks 5 30 100] [--k-chunk 5]
+    python -m bench.scaling [--batch-size 128] [--Ks 1 5 30] [--Ns 1 5 10] [--mem-Ks 5 30 100] [--k-chunk 5]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import torch
+
+from engine.config import ObjectiveConfig
+from engine.device import pick_device
+from engine.loss import variant_loss
+from engine.models import build_model
+from engine.registry import parse_variant
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def one_step(variant: str, B: int, K: int, N: int, k_chunk: int | None, steps: int, device: str) -> dict:
     """Time ``steps`` optimiser steps and measure peak memory, in this process."""
-    import resource
-    import time
-
-    import torch
-
-    from engine.config import ObjectiveConfig
-    from engine.device import pick_device
-    from engine.loss import variant_loss
-    from engine.models import build_model
-    from engine.registry import parse_variant
-
     dev = pick_device(device)
     torch.manual_seed(0)
     family, contrastive = parse_variant(variant)
@@ -54,9 +52,8 @@ def one_step(variant: str, B: int, K: int, N: int, k_chunk: int | None, steps: i
 
 
 def in_subprocess(**kw) -> dict:
-    code = f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); from bench.scaling import one_step; " \
-           f"print(json.dumps(one_step(**{kw!r})))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = f"import json; from bench.scaling import one_step; print(json.dumps(one_step(**{kw!r})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

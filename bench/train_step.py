@@ -8,7 +8,7 @@ image features, 32-token captions) instead. A naive cI-MMVAE that re-encodes and
 every negative in a Python loop is timed too (fp32, MNIST-SVHN only). Prints Markdown tables
 for BENCHMARKS.md.
 
-    python bench/train_step.py [--precision fp32 bf16] [--batch-size 128] [--K 30] [--N 5]
+    python -m bench.train_step [--precision fp32 bf16] [--batch-size 128] [--K 30] [--N 5]
                                [--steps 3] [--variants ...] [--dataset mnist-svhn|cub-synthetic]
 """
 from __future__ import annotations
@@ -16,21 +16,18 @@ from __future__ import annotations
 import argparse
 import platform
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine import objectives as O  # noqa: E402
-from engine.config import ObjectiveConfig  # noqa: E402
-from engine.device import pick_device  # noqa: E402
-from engine.loss import sample_negatives, variant_loss  # noqa: E402
-from engine.models import build_model  # noqa: E402
-from engine.models.modalities import PRECISIONS  # noqa: E402
-from engine.registry import VARIANTS, parse_variant  # noqa: E402
+from engine import objectives as O
+from engine.config import ObjectiveConfig
+from engine.device import pick_device
+from engine.loss import sample_negatives, variant_loss
+from engine.models import build_model
+from engine.models.modalities import PRECISIONS
+from engine.registry import VARIANTS, parse_variant
 
 CUB_VOCAB, CUB_FEATURES = 1590, 1280
 

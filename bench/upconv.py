@@ -6,7 +6,7 @@ alternating ``--reps`` times, per precision (bf16 = autocast, as ``Modality.set_
 the medians are printed as a Markdown table for BENCHMARKS.md. A loaded machine shifts both
 columns alike, so the ratio is the figure to read.
 
-    python bench/upconv.py [--svhn-batch 7680 128] [--caption-batch 128] [--precision fp32 bf16]
+    python -m bench.upconv [--svhn-batch 7680 128] [--caption-batch 128] [--precision fp32 bf16]
                            [--reps 5] [--threads 1]
 
 7,680 latents = K=30 x 2 modalities x batch 128 (the MMVAE bench step); 128 = K=2 x 2 x batch 32
@@ -20,20 +20,17 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.train_step import batch as data_batch  # noqa: E402
-from bench.train_step import build  # noqa: E402
-from engine.config import ObjectiveConfig  # noqa: E402
-from engine.loss import variant_loss  # noqa: E402
-from engine.models.modalities import PRECISIONS, SVHN, CUBSentence  # noqa: E402
-from engine.models.upconv import UpConv2d  # noqa: E402
+from bench.train_step import batch as data_batch
+from bench.train_step import build
+from engine.config import ObjectiveConfig
+from engine.loss import variant_loss
+from engine.models.modalities import PRECISIONS, SVHN, CUBSentence
+from engine.models.upconv import UpConv2d
 
 
 def plain(module: nn.Module) -> nn.Module:

@@ -7,7 +7,9 @@ dies, so a crash or ``kill -9`` never leaves a stale lock. The job is recorded i
 ``<runs root>/.active.json`` (pid, argv, run dir, log) before the lock is let go, so every started
 process is recorded: any dashboard session (or a restarted server) sees it, follows its
 progress.json and can cancel it. A recorded pid counts as running only while that process is
-alive and still runs the recorded command (server restart, pid reuse).
+alive and still runs the recorded command (server restart, pid reuse). A run's settings reach the
+trainer as a config file: ``train_config`` (the schema's resolve) -> ``start`` writes <run>/config.json
+-> ``train_argv`` is ``python -m engine train --config <run>/config.json --out <run>``.
 
 Training from the page can be switched off with ``CMVAE_DASHBOARD_TRAINING=off`` (``training_allowed``).
 """
@@ -24,7 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.options import setting_argv
+from dashboard.runs import CONFIG
+from engine.config import RunConfig, resolve
 from engine.registry import model_class, parse_variant
 
 ACTIVE_NAME = ".active.json"
@@ -81,25 +84,30 @@ class Job:
                    float(d.get("started", 0.0)))
 
 
-def train_argv(name: str, runs_root: Path, model: str, dataset: str, data_fraction: float, epochs: int,
-               max_steps: int | None, K: int, N: int, gamma: float, batch_size: int,
-               device: str = "auto", source: str = "offline", data_root: str | None = None,
-               looser: bool = False) -> list[str]:
-    """The CLI call a dashboard training run makes (the same a user would type).
+def train_config(model: str, dataset: str, data_fraction: float, epochs: int, max_steps: int | None, K: int,
+                 N: int, gamma: float, batch_size: int, device: str = "auto", source: str = "offline",
+                 data_root: str | None = None, looser: bool = False) -> RunConfig:
+    """The run the Train form asks for, through the config schema (engine.config.resolve): the
+    chosen settings over the defaults and the dataset's defaults (ConfigError where they do not fit).
 
-    ``data_root`` is passed (as --data-root) only where it is read: dataset ``cub`` or source ``real``.
-    ``looser`` sets --looser / --no-looser only for variants whose model supports the looser bound
-    (MMVAE's; the others have no mixture to stratify). The flags come from the config schema (engine.options.setting_argv).
+    ``data_root`` is kept only where it is read: dataset ``cub`` or source ``real``. ``looser`` is
+    set only for variants whose model supports the looser bound (MMVAE's); the others keep the default.
     """
-    stratified = model_class(parse_variant(model)[0]).supports_looser
-    settings = {"variant": model, "data.dataset": dataset, "data.source": source if source != "offline" else None,
-                "data.root": str(data_root) if needs_data_root(dataset, source) and data_root else None,
-                "data.data_fraction": float(data_fraction), "train.max_steps": int(max_steps) if max_steps else None,
-                "train.epochs": int(epochs), "objective.K": int(K), "objective.N": int(N),
-                "objective.gamma": float(gamma), "train.batch_size": int(batch_size), "train.device": device,
-                "objective.looser": bool(looser) if stratified else None}
-    return [sys.executable, "-m", "engine", "train", *setting_argv(settings), "--out", str(Path(runs_root) / name),
-            "--no-progress"]
+    chosen = {"variant": model, "data.source": source, "data.data_fraction": float(data_fraction),
+              "data.root": str(data_root) if needs_data_root(dataset, source) and data_root else None,
+              "train.epochs": int(epochs), "train.max_steps": int(max_steps) if max_steps else None,
+              "objective.K": int(K), "objective.N": int(N), "objective.gamma": float(gamma),
+              "train.batch_size": int(batch_size), "train.device": device}
+    if model_class(parse_variant(model)[0]).supports_looser:
+        chosen["objective.looser"] = bool(looser)
+    return resolve(overrides=chosen, dataset=dataset)
+
+
+def train_argv(name: str, runs_root: Path) -> list[str]:
+    """The CLI call a dashboard training run makes (the same a user would type): train the config
+    that ``start`` writes into the run folder."""
+    out = Path(runs_root) / name
+    return [sys.executable, "-m", "engine", "train", "--config", str(out / CONFIG), "--out", str(out), "--no-progress"]
 
 
 def needs_data_root(dataset: str, source: str) -> bool:
@@ -178,9 +186,11 @@ def busy_message(runs_root: Path) -> str:
             "cancel it, then start again")
 
 
-def start(name: str, argv: list[str], runs_root: Path, env: dict | None = None) -> Job:
+def start(name: str, argv: list[str], runs_root: Path, env: dict | None = None,
+          config: RunConfig | None = None) -> Job:
     """Start ``argv`` detached (own session, output to <run>/train.log), holding the runs root's
-    lock for as long as it runs, and record it.
+    lock for as long as it runs, and record it; ``config`` is written (atomically) to <run>/config.json
+    first, for ``train_argv``'s ``--config``.
 
     Refuses with JobBusy while another run holds the lock (or a recorded job is alive), with
     TrainingDisabled where training is switched off, and with JobError if the run folder exists.
@@ -200,6 +210,8 @@ def start(name: str, argv: list[str], runs_root: Path, env: dict | None = None) 
             raise JobBusy(busy_message(runs_root))
         out = check_name(name, runs_root)
         out.mkdir(parents=True)
+        if config is not None:
+            config.save(out / CONFIG)
         with open(out / LOG_NAME, "wb") as log:
             proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env={**os.environ, **(env or {})}, pass_fds=(fd,))

@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from engine import thresholds
 
 MAX_UPLOAD_SIDE = 1024
 MAX_IMAGE_ID = 2**31 - 1        # far above CUB's 11,788 ids; anything larger is a typo, not an id
@@ -101,8 +104,6 @@ def prepare_image(content: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     is checked from the header before any pixel is decoded, so a small file that claims a huge
     image (a decompression bomb) costs nothing.
     """
-    from PIL import Image, UnidentifiedImageError
-
     c, h, w = shape
     try:
         with warnings.catch_warnings():            # the size is checked below, before anything is decoded
@@ -134,8 +135,6 @@ def prepare_image(content: bytes, shape: tuple[int, int, int]) -> np.ndarray:
 
 def image_bytes(array_chw: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
     """PNG bytes of one (C, H, W) float image in [0, 1] (tests and downloads)."""
-    from PIL import Image
-
     a = (to_hwc(np.asarray(array_chw)[None])[0] * 255).round().astype(np.uint8)
     img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
     if size:
@@ -201,11 +200,9 @@ def thin(curve: np.ndarray, max_points: int) -> np.ndarray:
 
 def roc_pr_curves(scores: np.ndarray, labels: np.ndarray, max_points: int = 1500) -> dict[str, np.ndarray]:
     """engine.thresholds.roc_pr_curves, thinned for plotting (areas from the full curves)."""
-    from engine.thresholds import roc_pr_curves as curves
-
     if np.unique(labels).size < 2:
         raise ValueError("ROC and PR curves need both related and unrelated pairs")
-    c = curves(scores, labels)
+    c = thresholds.roc_pr_curves(scores, labels)
     return {**c, **{k: thin(c[k], max_points) for k in ("fpr", "tpr", "precision", "recall")}}
 
 

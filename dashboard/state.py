@@ -1,11 +1,13 @@
 """Cached loaders around engine calls: models once per process, arrays once per argument set.
 
 Keys include the checkpoint's mtime, so a retrained run (same path) is reloaded. Engine modules
-are imported inside the functions: importing this module stays cheap (fast cold start), and a
-page can tell whether an engine feature exists with ``engine_feature``.
+that import torch are imported inside the functions: importing this module stays torch-free (torch
+takes ~2 s; a page's form shows before it), and a page can tell whether an engine feature exists
+with ``engine_feature``.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -14,6 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
+
+import engine
+from dashboard import logic
+from dashboard.runs import read_json
+from engine import registry, thresholds
+from engine.config import DataConfig
 
 
 def device() -> str:
@@ -40,8 +48,7 @@ def load_model(path: str, mtime: float):
     queries are small, and on a 2-core CPU shared with training, 2 threads made a caption → image
     query ~24x slower (oversubscription: 236 vs 10 ms median on the offline synthetic CUB).
     """
-    import engine
-    import torch
+    import torch        # torch-free until a model is loaded (see the module docstring)
 
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
@@ -61,19 +68,12 @@ def load_data(data_config_json: str, splits: tuple[str, ...] = SPLITS, _built=No
     """
     if _built is not None:
         return _built
-    from engine.config import DataConfig
-    from engine.registry import build_data
-
-    return build_data(DataConfig(**json.loads(data_config_json)), progress=False, splits=splits)
+    return registry.build_data(DataConfig(**json.loads(data_config_json)), progress=False, splits=splits)
 
 
 def data_key(data_config: dict) -> str:
     """The cache key of a data config (a run's config.json "data" or a DataConfig as a dict),
     normalised through DataConfig so both spell it the same."""
-    import dataclasses
-
-    from engine.config import DataConfig
-
     return json.dumps(dataclasses.asdict(DataConfig(**data_config)), sort_keys=True)
 
 
@@ -85,18 +85,13 @@ def is_built(data_config: dict, splits: tuple[str, ...]) -> bool:
 def build_data(data_config: dict, splits: tuple[str, ...], progress):
     """Build the data (drawing, rendering, featurising what the disk caches lack) reporting to
     ``progress(done, total, what)``, and keep it as ``load_data``'s entry."""
-    from engine.config import DataConfig
-    from engine.registry import build_data as build
-
-    data = build(DataConfig(**data_config), progress=progress, splits=splits)
+    data = registry.build_data(DataConfig(**data_config), progress=progress, splits=splits)
     _BUILT.add((data_key(data_config), splits))
     return load_data(data_key(data_config), splits, _built=data)
 
 
 def data_for(model, splits: tuple[str, ...] = SPLITS):
     """The (cached) data of a loaded model's config, for ``splits``."""
-    import dataclasses
-
     return load_data(data_key(dataclasses.asdict(model.config.data)), splits)
 
 
@@ -112,7 +107,7 @@ def read_pmi(path: str, mtime: float) -> tuple[np.ndarray, np.ndarray] | None:
 @st.cache_data(show_spinner=False, max_entries=16)
 def compute_relatedness(path: str, mtime: float, n_pairs: int, K: int, seed: int) -> dict:
     """engine.relatedness.evaluate_relatedness on the run's test pairs (cached per arguments)."""
-    from engine.relatedness import evaluate_relatedness
+    from engine.relatedness import evaluate_relatedness     # torch (see the module docstring)
 
     model = load_model(path, mtime)
     return evaluate_relatedness(model, data_for(model, ("test",)), n_pairs=n_pairs, K=K, seed=seed)
@@ -120,16 +115,14 @@ def compute_relatedness(path: str, mtime: float, n_pairs: int, K: int, seed: int
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def fit_threshold(scores: np.ndarray, labels: np.ndarray, criterion: str = "f1") -> tuple[float, dict]:
-    from engine.thresholds import fit_threshold as fit
-
-    t, info = fit(scores, labels, criterion=criterion)
+    t, info = thresholds.fit_threshold(scores, labels, criterion=criterion)
     return float(t), dict(info or {})
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def generations(path: str, mtime: float, mode: str, n: int, seed: int) -> dict:
     """engine.generate.generations for one run (arrays cached per mode, n and seed)."""
-    from engine.generate import generations as gen
+    from engine.generate import generations as gen          # torch (see the module docstring)
 
     model = load_model(path, mtime)
     return gen(model, data_for(model, ("test",)), mode, n, seed)
@@ -138,7 +131,7 @@ def generations(path: str, mtime: float, mode: str, n: int, seed: int) -> dict:
 @st.cache_data(show_spinner=False, max_entries=64)
 def cub_generations(path: str, mtime: float, mode: str, n: int, seed: int, decoding: str) -> dict:
     """engine.captions.cub_generations for one CUB run: caption text and nearest-train-image paths."""
-    from engine.captions import cub_generations as gen
+    from engine.captions import cub_generations as gen      # torch (see the module docstring)
 
     model = load_model(path, mtime)
     return gen(model, data_for(model), mode, n=n, seed=seed, decoding=decoding)
@@ -147,21 +140,17 @@ def cub_generations(path: str, mtime: float, mode: str, n: int, seed: int, decod
 @st.cache_data(show_spinner=False, max_entries=32)
 def read_metrics(path: str, mtime: float) -> list[dict]:
     """engine.train.read_metrics (the per-epoch lines of metrics.jsonl)."""
-    from engine.train import read_metrics as rm
+    from engine.train import read_metrics as rm             # torch (see the module docstring)
 
     return rm(path)
 
 
 def metrics_json(path: str | Path) -> dict | None:
     """A run's evaluation results (metrics.json) or None; ValueError if malformed."""
-    from dashboard.runs import read_json
-
     return read_json(Path(path) / "metrics.json")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def roc_pr(scores: np.ndarray, labels: np.ndarray) -> dict:
     """ROC and PR curves of one score set (cached: threshold moves never recompute them)."""
-    from dashboard.logic import roc_pr_curves
-
-    return roc_pr_curves(scores, labels)
+    return logic.roc_pr_curves(scores, labels)

@@ -1,12 +1,15 @@
 """Widgets shared by the pages: the run picker, guarded model loading, friendly engine errors."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import streamlit as st
 
 from dashboard import runs as R
 from dashboard import state
+from dashboard.logic import progress_text
+from engine.errors import EngineError
 
 HOW_TO_TRAIN = ("Train one on the **Train** page, or from a shell: "
                 "`python -m engine train --model cI-MMVAE --out runs/my-run` "
@@ -19,8 +22,6 @@ def how_to_train() -> str:
 
 def engine_errors() -> tuple[type[BaseException], ...]:
     """Exceptions an engine call may raise on bad input or broken files."""
-    from engine.errors import EngineError
-
     return (EngineError, ValueError, KeyError, OSError, RuntimeError, IndexError, TypeError)
 
 
@@ -116,14 +117,10 @@ class StatusProgress:
     REFRESH_S = 0.25                 # at most four bar updates a second (a build may report every item)
 
     def __init__(self, box):
-        import time
-
         self.clock, self.box, self.bar = time.perf_counter, box, box.progress(0.0)
         self.what, self.start, self.first, self.shown = None, 0.0, 0, 0.0
 
     def __call__(self, done: int, total: int, what: str) -> None:
-        from dashboard.logic import progress_text
-
         now = self.clock()
         if what != self.what:
             self.what, self.start, self.first = what, now, done
@@ -138,8 +135,6 @@ class StatusProgress:
 def data_for(run: R.RunInfo, splits: tuple[str, ...] = state.SPLITS):
     """The run's data for ``splits``; the first time in this process it is built inside an st.status
     whose progress bar the engine's builders feed (what, items done / total, rate, time left)."""
-    import time
-
     cfg = run.config.get("data", {})
     if state.is_built(cfg, splits):
         return state.load_data(state.data_key(cfg), splits)

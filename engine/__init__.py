@@ -12,6 +12,7 @@ def load(path: str | Path, device: str = "auto"):
     Returns the model in eval mode, on the chosen device, with ``model.config`` (RunConfig) set.
     Truncated, foreign-version or mismatched checkpoints raise CheckpointError.
     """
+    # Imported here: every ``import engine.<module>`` runs this file, which stays torch-free.
     from engine.checkpoints import config_of, load_state, read_checkpoint, resolve
     from engine.device import pick_device
     from engine.registry import model_from_config

@@ -5,12 +5,21 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from pathlib import Path
 
+from engine.checkpoints import BEST_NAME, CHECKPOINT_NAME, export_checkpoint, read_checkpoint
 from engine.config import FEATURES, PRESETS, DataConfig, RunConfig, resolve
-from engine.errors import ConfigError, EngineError
+from engine.data import synth_birds
+from engine.data.cache import cache_dir
+from engine.data.cub import build_cub, ship_test_features
+from engine.data.mnist_svhn import build_mnist_svhn
+from engine.errors import ConfigError, EngineError, Interrupted
 from engine.options import (add_data_args, add_setting_flags, arg_type, data_config_from_args, flag_settings,
                             overrides_from_args)
+from engine.progress import TqdmProgress
+from engine.registry import build_data
+from engine.train import read_metrics, train
 from engine.validate import positive_int
 
 # Modules that add their own subcommands through add_parser(subparsers).
@@ -60,10 +69,6 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 
 
 def run_train(a: argparse.Namespace) -> int:
-    from engine.checkpoints import BEST_NAME
-    from engine.errors import Interrupted
-    from engine.train import read_metrics, train
-
     if a.allow_fresh and not a.resume:
         raise ConfigError("--allow-fresh only applies with --resume")
     if a.config and a.resume:
@@ -87,8 +92,6 @@ def run_train(a: argparse.Namespace) -> int:
 
 def _saved_state(out: Path) -> str:
     """What ``out`` holds for a user who stopped training: its checkpoint's step, or that there is none."""
-    from engine.checkpoints import CHECKPOINT_NAME, read_checkpoint
-
     ck = out / CHECKPOINT_NAME
     if not ck.is_file():
         return f"no checkpoint was written to {out}; there is nothing to resume"
@@ -133,12 +136,6 @@ OFFLINE_DEFAULTS = ("mnist-svhn", "cub-synthetic")
 
 
 def run_data_prepare(a: argparse.Namespace) -> int:
-    import time
-
-    from engine.data.cache import cache_dir
-    from engine.progress import TqdmProgress
-    from engine.registry import build_data
-
     for name in a.dataset:
         start = time.perf_counter()
         data = build_data(DataConfig(dataset=name), progress=TqdmProgress())
@@ -149,32 +146,22 @@ def run_data_prepare(a: argparse.Namespace) -> int:
 
 
 def run_data_ship_features(a: argparse.Namespace) -> int:
-    from engine.data.cub import ship_test_features
-    from engine.progress import TqdmProgress
-
     stem = ship_test_features(Path(a.out) if a.out else None, a.features, progress=TqdmProgress())
     print(f"wrote {stem}.npy and {stem}.json")
     return 0
 
 
 def run_data_cub(a: argparse.Namespace) -> int:
-    from engine.data import synth_birds
-    from engine.progress import TqdmProgress
-
     kwargs = {"seed": a.seed} if a.images is None else {"seed": a.seed, "n_images": a.images}
     root = synth_birds.write_synthetic_cub(Path(a.out), progress=TqdmProgress(), **kwargs)
     print(f"wrote synthetic CUB to {root}")
     if a.features:
-        from engine.data.cub import build_cub
-
         data = build_cub(DataConfig(dataset="cub-synthetic", root=str(a.out), seed=a.seed, features=a.features))
         print(f"features: {tuple(data.train.modalities[0].shape)} train")
     return 0
 
 
 def run_data_mnist_svhn(a: argparse.Namespace) -> int:
-    from engine.data.mnist_svhn import build_mnist_svhn
-
     d = build_mnist_svhn(data_config_from_args(a, dataset="mnist-svhn", seed=a.seed))
     print(json.dumps({"train_pairs": len(d.train), "test_pairs": len(d.test), "sources": d.sources}, indent=2))
     return 0
@@ -189,8 +176,6 @@ def add_export_parser(sub) -> None:
 
 
 def run_export(a: argparse.Namespace) -> int:
-    from engine.checkpoints import export_checkpoint
-
     path = export_checkpoint(a.run_dir, a.out, half=not a.fp32)
     print(f"exported {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -184,6 +184,7 @@ class RunConfig:
         return cls(variant=variant, **parts)
 
     def save(self, path: str | Path) -> None:
+        # Imported here: engine.checkpoints imports torch, and reading or writing configs stays torch-free.
         from engine.checkpoints import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))

@@ -8,18 +8,27 @@ handed to ``engine.metrics.cca.evaluate_cub``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+import engine
 from engine.checkpoints import atomic_write_text
-from engine.errors import ConfigError, EngineError
+from engine.errors import ConfigError
+from engine.metrics import coherence as C
 from engine.metrics.alignment import expert_alignment
 from engine.metrics.attributes import caption_quality
+from engine.metrics.cca import evaluate_cub
+from engine.metrics.classifiers import get_classifiers
+from engine.metrics.latent import latent_accuracy
+from engine.metrics.likelihood import log_likelihoods
 from engine.options import add_device_arg, arg_type
+from engine.registry import build_data
+from engine.retrieval import retrieval_metrics
+from engine.train import read_metrics
 from engine.validate import nonnegative_int, positive_int
 
 METRICS_NAME = "metrics.json"
@@ -46,8 +55,6 @@ def _streamed(dataset, idx: torch.Tensor, fn, generator, progress: bool, desc: s
               chunk: int = 5000) -> dict[str, float]:
     """Apply a fraction-valued metric ``fn(xs, labels, generator)`` to ``idx`` in chunks of pairs
     (so the whole test set never sits in memory at once) and combine the fractions by weight."""
-    from tqdm.auto import tqdm
-
     total: dict[str, float] = {}
     for part in tqdm(idx.split(chunk), disable=not progress, desc=desc, unit="chunk"):
         xs, labels = dataset.batch(part)
@@ -65,10 +72,6 @@ def evaluate_mnist_svhn(model, data, classifiers, samples: int = 10000, ll_sampl
     synergy coherence; ll_pairs x ll_samples: pairs and importance samples for the likelihoods
     (ll_samples = 0 skips them); latent_max: cap on the unimodal train/test items for latent accuracy.
     """
-    from engine.metrics import coherence as C
-    from engine.metrics.latent import latent_accuracy
-    from engine.metrics.likelihood import log_likelihoods
-
     mnist_clf, svhn_clf, clf_info = classifiers
     clfs = [mnist_clf, svhn_clf]
     names = tuple(mod.name for mod in model.mods)
@@ -125,10 +128,6 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
     procedural birds, ``captions`` (``engine.metrics.attributes.caption_quality``). Every run gets
     ``alignment`` (``engine.metrics.alignment.expert_alignment`` on ALIGNMENT_PAIRS test pairs).
     """
-    import engine
-    from engine.registry import build_data
-    from engine.train import read_metrics
-
     if samples < 1 or ll_samples < 0 or ll_pairs < 1 or (test_pairs is not None and test_pairs < 1):
         raise ConfigError("samples, ll_pairs and test_pairs must be >= 1 and ll_samples >= 0")
     t0 = time.time()
@@ -137,18 +136,11 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
     cfg = model.config
     data = data if data is not None else build_data(cfg.data)
     if cfg.data.dataset != "mnist-svhn":
-        if importlib.util.find_spec("engine.metrics.cca") is None:
-            raise EngineError(f"evaluating {cfg.data.dataset} runs needs engine.metrics.cca, which is not installed")
-        from engine.metrics.cca import evaluate_cub
-        from engine.retrieval import retrieval_metrics
-
         result = evaluate_cub(model, data, samples=samples, test_pairs=test_pairs, seed=seed, progress=progress)
         result["retrieval"] = retrieval_metrics(model, data, n=RETRIEVAL_PAIRS, seed=seed)
         result["captions"] = caption_quality(model, data, n=CAPTION_PAIRS, seed=seed)
     else:
         if classifiers is None:
-            from engine.metrics.classifiers import get_classifiers
-
             classifiers = get_classifiers(cfg.data, model.device, progress=progress)
         result = evaluate_mnist_svhn(model, data, classifiers, samples, ll_samples, test_pairs, ll_pairs,
                                      latent_max, k_chunk, seed, progress)

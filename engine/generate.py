@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+import engine
 from engine.errors import ConfigError
 from engine.modes import modes
 from engine.options import add_device_arg
+from engine.registry import build_data
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -77,8 +80,7 @@ def grid_rows(arrays: dict[str, np.ndarray], mode: str, names: tuple[str, ...]) 
 
 def save_png(arrays: dict[str, np.ndarray], mode: str, names: tuple[str, ...], path: Path, ncol: int = 8) -> None:
     """A grid of blocks of ``ncol`` columns; each block stacks the rows of ``grid_rows``."""
-    from PIL import Image
-    from torchvision.utils import make_grid
+    from torchvision.utils import make_grid      # torchvision: ~4 s to import, for PNG grids only
 
     rows = [_as_rgb32(r) for r in grid_rows(arrays, mode, names)]
     n = rows[0].shape[0]
@@ -119,9 +121,6 @@ def add_parser(sub) -> None:
 
 
 def run_generate(a: argparse.Namespace) -> int:
-    import engine
-    from engine.registry import build_data
-
     if Path(a.out).suffix not in (".png", ".npz"):
         raise ConfigError(f"--out must end in .png or .npz, got {Path(a.out).name!r}")
     model = engine.load(a.run_dir, a.device)

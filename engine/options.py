@@ -94,20 +94,6 @@ def data_config_from_args(a: argparse.Namespace, **values: Any) -> C.DataConfig:
     return cfg
 
 
-def setting_argv(values: dict[str, Any]) -> list[str]:
-    """The flags that set ``values`` (dotted setting -> value; None: leave the default)."""
-    fields, argv = C.settings(), []
-    for name, value in values.items():
-        flag = C.flag_of(name)
-        if value is None or value is False and fields[name].metadata["default_for"] is None:
-            continue
-        if isinstance(value, bool):
-            argv.append(flag if value else "--no-" + flag[2:])
-        else:
-            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
-    return argv
-
-
 def overrides_from_args(a: argparse.Namespace, given: Iterable[str]) -> dict[str, Any]:
     """The settings (dotted names) the flags in ``given`` (dests) set, with their parsed values."""
     table = flag_settings()
@@ -115,4 +101,4 @@ def overrides_from_args(a: argparse.Namespace, given: Iterable[str]) -> dict[str
 
 
 __all__ = ["add_setting_flags", "add_data_args", "add_device_arg", "add_K_arg", "arg_type", "data_config_from_args",
-           "dest_of", "flag_settings", "overrides_from_args", "setting_argv", "data_settings", "train_settings"]
+           "dest_of", "flag_settings", "overrides_from_args", "data_settings", "train_settings"]

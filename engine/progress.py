@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable, Union
 
+from tqdm import tqdm
+
 Progress = Callable[[int, int, str], None]
 ProgressArg = Union[Progress, bool, None]
 
@@ -20,8 +22,6 @@ class TqdmProgress:
         self.unit, self.what, self.bar = unit, None, None
 
     def __call__(self, done: int, total: int, what: str) -> None:
-        from tqdm import tqdm
-
         if what != self.what or self.bar is None or self.bar.total != total:
             self.close()
             self.what, self.bar = what, tqdm(total=total, desc=what, unit=self.unit)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import engine
 from engine.checkpoints import atomic_write_text
 from engine.config import preset_settings, resolve
 from engine.data.paired import PairedDataset
 from engine.data.pairing import unrelated_pairs
 from engine.errors import ConfigError, DataError
+from engine.evaluate import evaluate
 from engine.options import add_data_args, add_device_arg, arg_type, data_config_from_args, flag_settings
+from engine.provenance import git_commit, machine
+from engine.registry import build_data
 from engine.relatedness import classification_report, evaluate_relatedness, fit_threshold, score_index
+from engine.siamese import SiameseConfig, save_siamese, train_siamese
+from engine.thresholds import roc_pr_curves
+from engine.train import read_metrics, train
 from engine.validate import positive_int, variant
 
 COMPARE_MODELS = ("MMVAE", "cI-MMVAE", "cC-MMVAE", "siamese")
@@ -151,8 +156,6 @@ def _train_scorer(s: PropagateSettings, data_cfg, data, out: Path, splits: Split
     X = data.train.modalities
     sr_data = restrict(data, splits.Sr)
     if s.model.lower() == "siamese":
-        from engine.siamese import SiameseConfig, save_siamese, train_siamese
-
         cub = data_cfg.dataset != "mnist-svhn"
         cfg = SiameseConfig(dataset=data_cfg.dataset, steps=_train_steps(s, len(splits.sr_pos)),
                             batch_size=s.batch_size, seed=s.seed, device=s.device,
@@ -160,8 +163,6 @@ def _train_scorer(s: PropagateSettings, data_cfg, data, out: Path, splits: Split
         net = train_siamese(cfg, sr_data.train, progress)
         save_siamese(net, out / "siamese.pt")
         return (lambda idx: net.score(X[0][torch.as_tensor(idx[:, 0])], X[1][torch.as_tensor(idx[:, 1])])), None
-    import engine
-    from engine.train import train
 
     run = out / "g"
     train(run_config(s, data_cfg), run, progress=progress, data=sr_data)
@@ -171,20 +172,13 @@ def _train_scorer(s: PropagateSettings, data_cfg, data, out: Path, splits: Split
 
 def evaluate_run(run_dir: Path, data, s: PropagateSettings, progress: bool = False) -> dict:
     """Metrics of a trained g: the final test IWAE (metrics.jsonl) and the test relatedness AUC,
-    plus engine.evaluate.evaluate (coherence, latent accuracy, ...) where that module exists,
-    on ``s.eval_pairs`` test pairs and samples with K = ``s.K`` likelihood samples."""
-    import engine
-    from engine.train import read_metrics
-
+    plus engine.evaluate.evaluate (coherence, latent accuracy, ...) on ``s.eval_pairs`` test pairs
+    and samples with K = ``s.K`` likelihood samples."""
     lines = read_metrics(run_dir)
     model = engine.load(run_dir, s.device)
     rel = evaluate_relatedness(model, data, s.eval_pairs, s.K, s.seed, progress=False)
     res = {"test_iwae": lines[-1]["test_iwae"] if lines else None, "relatedness_auc": rel["auc"],
            "relatedness_average_precision": rel["average_precision"]}
-    try:
-        from engine.evaluate import evaluate
-    except ImportError:       # hook: engine/evaluate.py is being written alongside
-        return res
     res["evaluate"] = evaluate(run_dir, samples=s.eval_pairs, ll_samples=s.K, device=s.device, progress=progress,
                                test_pairs=s.eval_pairs, ll_pairs=s.eval_pairs, seed=s.seed, data=data)
     return res
@@ -194,9 +188,6 @@ def propagate(settings: PropagateSettings, data_cfg, out: str | Path, data=None,
               progress: bool = True) -> dict:
     """Run Figure 7's pipeline once into ``out``; returns sizes, the threshold and its fit on Sm,
     P/R/F1 (and AUC) on Fm, and with ``settings.retrain`` the metrics of g before and after."""
-    from engine.registry import build_data
-    from engine.thresholds import roc_pr_curves
-
     s, t0, out = settings, time.time(), Path(out)
     is_siamese = s.model.lower() == "siamese"
     if s.retrain and is_siamese:
@@ -216,8 +207,6 @@ def propagate(settings: PropagateSettings, data_cfg, out: str | Path, data=None,
            **{k: report[k] for k in ("precision", "recall", "f1", "accuracy", "tp", "fp", "tn", "fn")},
            "auc_Fm": roc_pr_curves(fm_scores, fm_related)["roc_auc"]}
     if s.retrain:
-        from engine.train import train
-
         predicted = fm_index[fm_scores >= threshold]
         res["retrain"] = {"pairs": len(splits.sr_pos) + len(predicted), "predicted_related": len(predicted),
                           "before": evaluate_run(run, data, s, progress)}
@@ -230,35 +219,12 @@ def propagate(settings: PropagateSettings, data_cfg, out: str | Path, data=None,
 
 
 # ---- Figure 8f comparison ----------------------------------------------------------------------
-def _machine(device: str) -> str:
-    from engine.device import pick_device
-
-    dev = pick_device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-    return (f"{platform.platform()}, {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} torch threads, device {name}, torch {torch.__version__}")
-
-
-def _git_commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "engine"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" (engine/ has uncommitted changes)" if dirty else "")
-
-
 def compare(settings: PropagateSettings, data_cfg, report_dir: str | Path, runs_dir: str | Path,
             preset: str | None = None, progress: bool = True) -> dict:
     """Figure 8f: MMVAE, cI-MMVAE, cC-MMVAE and the Siamese baseline on the same splits.
 
     Writes table.md and table.json to ``report_dir``; models go to ``runs_dir``.
     """
-    from engine.registry import build_data
-
     t0 = time.time()
     report_dir, runs_dir = Path(report_dir), Path(runs_dir)
     data = build_data(data_cfg)
@@ -268,7 +234,7 @@ def compare(settings: PropagateSettings, data_cfg, report_dir: str | Path, runs_
         s = dataclasses.replace(settings, model=name, retrain=False)
         rows.append(propagate(s, data_cfg, runs_dir / name, data, splits, progress))
     wall = time.time() - t0
-    header = {"git_commit": _git_commit(), "machine": _machine(settings.device), "wall_s": round(wall, 1),
+    header = {"git_commit": git_commit(report_dir), "machine": machine(settings.device), "wall_s": round(wall, 1),
               "preset": preset, "settings": {k: v for k, v in dataclasses.asdict(settings).items()
                                              if k not in ("model", "retrain")},
               "data": dataclasses.asdict(data_cfg), "sizes": rows[0]["sizes"]}
@@ -340,9 +306,9 @@ def settings_from_args(a: argparse.Namespace):
 
     data_cfg = data_config_from_args(a, data_fraction=pick("data_fraction", "data.data_fraction"),
                                      dm=pick("dm", "data.dm"), seed=a.seed)
-    train = {dest: pick(dest, names[0]) for dest, names in TRAIN_FLAGS.items()}
+    training = {dest: pick(dest, names[0]) for dest, names in TRAIN_FLAGS.items()}
     s = PropagateSettings(a.model, a.related_fraction, seed=a.seed, device=a.device, fm_pairs=pick("fm_pairs"),
-                          eval_pairs=pick("eval_pairs"), retrain=a.retrain, **train)
+                          eval_pairs=pick("eval_pairs"), retrain=a.retrain, **training)
     if not 0 < s.related_fraction < 1:
         raise ConfigError(f"--related-fraction must be in (0, 1), got {s.related_fraction}")
     return s, data_cfg

@@ -28,7 +28,7 @@ def model_class(family: str) -> type:
     """The model class of a family, to ask its capabilities (``supports_looser``, ``supports_dreg``,
     ``mixture_posterior``...) without building a model. Imported on first use: reading configs
     stays torch-free."""
-    from engine.models import MODEL_CLASSES
+    from engine.models import MODEL_CLASSES     # torch: imported on first use (see above)
 
     return MODEL_CLASSES[family]
 
@@ -43,6 +43,7 @@ def build_data(cfg, progress=True, splits=("train", "test")):
 
     ``splits``: build only these (e.g. ("test",) for a viewer); ``progress``: see ``engine.progress``.
     """
+    # Imported here: the data modules import torch (and CUB's, feature extraction); the registry stays torch-free.
     if cfg.dataset == "mnist-svhn":
         from engine.data.mnist_svhn import build_mnist_svhn
 
@@ -54,7 +55,7 @@ def build_data(cfg, progress=True, splits=("train", "test")):
 
 def model_from_config(cfg):
     """Build the (untrained) model a RunConfig describes."""
-    from engine.models import build_model
+    from engine.models import build_model       # torch: imported on first use, as in model_class
 
     family, _ = parse_variant(cfg.variant)
     m = cfg.model

@@ -22,10 +22,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import engine
 from engine import objectives as O
+from engine.checkpoints import atomic_write_text
+from engine.data.pairing import unrelated_pairs
 from engine.errors import ConfigError, DataError
 from engine.models import distributions as D
 from engine.options import add_device_arg, add_K_arg
+from engine.registry import build_data
 from engine.thresholds import classification_report, fit_threshold, roc_pr_curves, split_fit_report  # noqa: F401
 
 STREAMS = {"x": 0, "y": 1, "ux": 2, "uy": 3}   # joint noise of x / y items, marginal noise of x / y
@@ -204,8 +208,6 @@ def evaluate_relatedness(model, data, n_pairs: int = 1000, K: int = 30, seed: in
     (engine.data.pairing.unrelated_pairs). Returns auc, average_precision (related = 1)
     and the two PMI arrays (pmi_related, pmi_unrelated) for histograms.
     """
-    from engine.data.pairing import unrelated_pairs
-
     if n_pairs < 1:
         raise ConfigError(f"n_pairs must be >= 1, got {n_pairs}")
     test = data.test
@@ -239,10 +241,6 @@ def add_parser(sub) -> None:
 
 
 def run_relatedness(a: argparse.Namespace) -> int:
-    import engine
-    from engine.checkpoints import atomic_write_text
-    from engine.registry import build_data
-
     model = engine.load(a.run_dir, a.device)
     data = build_data(model.config.data)
     res = evaluate_relatedness(model, data, a.pairs, a.K, a.seed, a.batch_size, progress=True)

@@ -18,23 +18,31 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import json
 import math
+import multiprocessing
 import os
-import platform
-import subprocess
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from engine.config import DataConfig, RunConfig, preset_settings, resolve
-from engine.errors import ConfigError
+from engine.device import pick_device
+from engine.errors import ConfigError, Diverged
+from engine.evaluate import METRICS_NAME, evaluate, read_evaluation
+from engine.metrics.classifiers import get_classifiers
 from engine.options import add_device_arg, add_setting_flags, arg_type
-from engine.registry import VARIANTS, model_class, parse_variant, variant_name
+from engine.provenance import git_commit, machine
+from engine.registry import VARIANTS, build_data, model_class, parse_variant, variant_name
+from engine.train import read_metrics, train
 from engine.validate import fraction, gamma_value
 
 # (key in metrics.json, sub-key, Table 1 column header)
@@ -45,15 +53,12 @@ COLUMNS = [("latent_accuracy", "mnist", "Latent acc. M"), ("latent_accuracy", "s
            ("synergy_coherence", "joint_to_svhn", "Synergy joint→S")]
 ABLATION_GAMMAS = (1.0, 1.1, 2.0, 5.0, 10.0, math.inf)
 ABLATION_VARIANT = "cI-MMVAE"
-# The Preset fields that are run settings, and those settings (engine.config).
-RUN_SETTINGS = {"K": "objective.K", "N": "objective.N", "gamma": "objective.gamma", "latent_dim": "model.latent_dim",
-                "learn_prior": "model.learn_prior", "dm": "data.dm", "epochs": "train.epochs",
-                "max_steps": "train.max_steps", "batch_size": "train.batch_size", "lr": "train.lr"}
 
 
 @dataclass
 class Preset:
-    """A grid and the train / evaluation settings of every cell."""
+    """A grid, the run settings of every cell (a partial config: engine.config.PRESETS) and the
+    evaluation sizes."""
 
     name: str
     notes: str
@@ -62,34 +67,30 @@ class Preset:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     gammas: tuple[float, ...] = ABLATION_GAMMAS
     ablation_fraction: float = 1.0
-    # training
-    K: int = 30
-    N: int = 5
-    gamma: float = 2.0
-    latent_dim: int = 20
-    learn_prior: bool = False
-    dm: int = 30
-    epochs: int = 30
-    max_steps: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    # evaluation
+    settings: dict = field(default_factory=dict)      # dotted setting -> value, over the schema's defaults
     eval: dict = field(default_factory=lambda: {"samples": 10000, "ll_samples": 1000, "test_pairs": None,
                                                 "ll_pairs": 1000, "latent_max": None})
 
+    @property
+    def config(self) -> RunConfig:
+        """The run settings every cell shares (MNIST-SVHN, the schema's defaults under ``settings``)."""
+        return resolve(self.settings, dataset="mnist-svhn")
+
+    @property
+    def gamma(self) -> float:
+        return self.config.objective.gamma
+
     def run_config(self, variant: str, fraction: float, seed: int, gamma: float, source: str = "offline",
                    root: str | None = None, download: bool = False, device: str = "auto") -> RunConfig:
-        return resolve(overrides={**{name: getattr(self, key) for key, name in RUN_SETTINGS.items()},
-                                  "variant": variant, "data.dataset": "mnist-svhn", "data.source": source,
-                                  "data.root": root, "data.download": download, "data.data_fraction": fraction,
-                                  "data.seed": seed, "train.seed": seed, "train.device": device,
-                                  "objective.gamma": gamma})
+        return resolve(self.settings, {"variant": variant, "data.source": source, "data.root": root,
+                                       "data.download": download, "data.data_fraction": fraction,
+                                       "data.seed": seed, "train.seed": seed, "train.device": device,
+                                       "objective.gamma": gamma}, dataset="mnist-svhn")
 
     @classmethod
     def named(cls, name: str, notes: str, **grid) -> "Preset":
         """The preset whose run settings are engine.config.PRESETS["reproduce-<name>"]."""
-        by_setting = {v: k for k, v in RUN_SETTINGS.items()}
-        return cls(name, notes, **{by_setting[k]: v for k, v in preset_settings(f"reproduce-{name}").items()}, **grid)
+        return cls(name, notes, settings=preset_settings(f"reproduce-{name}"), **grid)
 
 
 def paper_preset() -> Preset:
@@ -139,7 +140,7 @@ def cost_rank(cell: Cell, preset: Preset) -> int:
     (measured in bench/train_step.py)."""
     family, contrastive = parse_variant(cell.variant)
     reuses = model_class(family).mixture_posterior
-    return 1 + preset.N if contrastive and not reuses and not math.isinf(cell.gamma) else 1
+    return 1 + preset.config.objective.N if contrastive and not reuses and not math.isinf(cell.gamma) else 1
 
 
 def grid(preset: Preset, ablation: bool) -> tuple[list[Cell], list[Cell]]:
@@ -152,8 +153,6 @@ def grid(preset: Preset, ablation: bool) -> tuple[list[Cell], list[Cell]]:
 
 def split_done(preset: Preset, cells: list[Cell], out: Path) -> tuple[dict[Cell, dict], list[tuple[Cell, Path]]]:
     """The metrics of the cells already evaluated, and (cell, run dir) of those still to run, in order."""
-    from engine.evaluate import METRICS_NAME, read_evaluation
-
     done, todo = {}, []
     for cell in cells:
         run_dir = out / "runs" / cell.dirname(preset.gamma)
@@ -167,11 +166,6 @@ def split_done(preset: Preset, cells: list[Cell], out: Path) -> tuple[dict[Cell,
 def run_cell(preset: Preset, cell: Cell, run_dir: Path, classifiers, data_cache: dict, source: str,
              root: str | None, download: bool, device: str, progress: bool) -> dict:
     """Train (or resume a half-trained run) and evaluate one cell; its metrics."""
-    from engine.errors import Diverged
-    from engine.evaluate import evaluate
-    from engine.registry import build_data
-    from engine.train import train
-
     cfg = preset.run_config(cell.variant, cell.fraction, cell.seed, cell.gamma, source, root, download, device)
     key = (cell.fraction, cell.seed)
     if key not in data_cache:
@@ -247,6 +241,7 @@ def csv_text(rows: list[dict], key_names: list[str]) -> str:
 def figure(rows: list[dict], x_of: Callable[[tuple], object], line_of: Callable[[tuple], str], x_title: str,
            title: str, baseline: dict | None = None):
     """Plotly figure: one panel per Table 1 column (synergy omitted), one line per group, ±std bars."""
+    # plotly is a dashboard dependency (and ~80 ms on every CLI call, which imports this module): the figures only
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -308,36 +303,12 @@ def redraw_figures(out: Path, ablation_fraction: float) -> list[Path]:
 def _write_figure(fig, path: Path) -> list[Path]:
     """HTML that works offline: plotly.js is one shared plotly.min.js beside the reports (written
     once, ~4.6 MB, instead of a CDN link or a copy inside every file); PNG too where kaleido is installed."""
-    import importlib.util
-
     fig.write_html(str(path.with_suffix(".html")), include_plotlyjs="directory")
     out = [path.with_suffix(".html"), path.parent / "plotly.min.js"]
     if importlib.util.find_spec("kaleido") is not None:
         fig.write_image(str(path.with_suffix(".png")))
         out.append(path.with_suffix(".png"))
     return out
-
-
-def git_commit(ignore: Path | None = None) -> str:
-    """HEAD, marked when tracked files differ from it; changes under ``ignore`` (the report's own folder,
-    rewritten by every run) do not count."""
-    try:
-        root = Path(__file__).resolve().parents[1]
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        inside = ignore is not None and Path(ignore).resolve().is_relative_to(root)
-        spec = [f":(exclude){Path(ignore).resolve().relative_to(root)}"] if inside else []
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *spec],
-                               cwd=root, capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "") or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def machine() -> str:
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA GPU"
-    return f"{platform.platform()}, {os.cpu_count()} CPUs, {gpu}, torch {torch.__version__}"
 
 
 def _cell_seconds(results: list[tuple[Cell, dict]]) -> float:
@@ -439,9 +410,10 @@ def _invocation_lines(invs: list[dict]) -> list[str]:
 
 def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: list[tuple[Cell, dict]],
                  wall: float, ran: int, skipped: int, classifier_acc: dict | None,
-                 diverged_runs: dict[str, tuple[float, float]] | None = None) -> dict[str, Path]:
+                 diverged_runs: dict[str, tuple[float, float]] | None = None, device: str = "auto") -> dict[str, Path]:
     """Write report.md, table1.csv, figure6.html and (with ablation cells) ablation.csv, figure11.html.
-    ``diverged_runs`` (run name -> best, last held-out IWAE) are listed under Table 1."""
+    ``diverged_runs`` (run name -> best, last held-out IWAE) are listed under Table 1; ``device`` is
+    the one the header's machine line names."""
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     rows = aggregate(main, lambda c: (c.fraction, c.variant))
@@ -452,18 +424,18 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
         fig = figure(rows, lambda k: 100 * k[0], lambda k: k[1], "data used (%)", "Figure 6: metrics against data fraction")
         for p in _write_figure(fig, out / "figure6"):
             files[p.name] = p
-    e = preset.eval
+    e, c = preset.eval, preset.config
     header = [f"# Reproduction report: preset `{preset.name}`", "",
-              f"- git commit: {git_commit(out)}", f"- machine: {machine()}",
+              f"- git commit: {git_commit(out)}", f"- machine: {machine(device)}",
               f"- wall time of this invocation: {wall:.0f} s ({ran} cells run, {skipped} already done); "
               f"compute of all cells: {_cell_seconds(main + abl):.0f} s (training + evaluation)",
               *_invocation_lines(read_invocations(out)),
               f"- grid: models {', '.join(preset.models)}; fractions {', '.join(f'{f:g}' for f in preset.fractions)}; "
               f"seeds {', '.join(map(str, preset.seeds))}",
-              f"- training: K={preset.K}, N={preset.N}, gamma={preset.gamma:g}, latent dim {preset.latent_dim}, "
-              f"learnt prior scale {'on' if preset.learn_prior else 'off'}, "
-              f"dm={preset.dm}, batch {preset.batch_size}, lr {preset.lr:g}, epochs {preset.epochs}, "
-              f"max steps {preset.max_steps}",
+              f"- training: K={c.objective.K}, N={c.objective.N}, gamma={c.objective.gamma:g}, latent dim "
+              f"{c.model.latent_dim}, learnt prior scale {'on' if c.model.learn_prior else 'off'}, "
+              f"dm={c.data.dm}, batch {c.train.batch_size}, lr {c.train.lr:g}, epochs {c.train.epochs}, "
+              f"max steps {c.train.max_steps}",
               f"- evaluation: {json.dumps(e)}"]
     if classifier_acc:
         header.append("- digit classifiers (test accuracy): "
@@ -506,8 +478,6 @@ _WORKER: dict = {}
 
 def _init_worker(threads: int, classifiers) -> None:
     """Pool worker: an equal share of the CPU threads, the classifiers, and its own data cache."""
-    import torch
-
     torch.set_num_threads(threads)
     _WORKER.update(classifiers=classifiers, data={})
 
@@ -522,11 +492,6 @@ def _run_parallel(preset: Preset, todo: list[tuple[Cell, Path]], classifiers, so
                   download: bool, device: str, progress: bool, workers: int) -> dict[Cell, dict]:
     """Run the cells of ``todo`` in ``workers`` processes; a failed cell does not stop the others, and the
     failures are raised together once every other cell has finished (their results are kept on disk)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from tqdm.auto import tqdm
-
     todo = sorted(todo, key=lambda t: -cost_rank(t[0], preset))   # longest first: the workers finish together
     done, failed = {}, []
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -558,16 +523,11 @@ def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: s
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
-    from tqdm.auto import tqdm
-
-    from engine.device import pick_device
 
     t0 = time.time()
     out = Path(out)
     main, abl = grid(preset, ablation)
     if classifiers is None:
-        from engine.metrics.classifiers import get_classifiers
-
         classifiers = get_classifiers(DataConfig(source=source, root=root, download=download),
                                       pick_device(device), progress)
     cells = list(dict.fromkeys(main + abl))
@@ -584,12 +544,11 @@ def reproduce(preset: Preset, out: str | Path, ablation: bool = False, source: s
     wall = time.time() - t0
     if ran:
         log_invocation(out, wall, ran, skipped, workers)
-    from engine.train import read_metrics
 
     bad = {c.dirname(preset.gamma): d for c in cells
            if (d := diverged(read_metrics(out / "runs" / c.dirname(preset.gamma)))) is not None}
     return write_report(out, preset, [(c, done[c]) for c in main], [(c, done[c]) for c in abl],
-                        wall, ran, skipped, acc, bad)
+                        wall, ran, skipped, acc, bad, device)
 
 
 def add_parser(sub) -> None:
@@ -627,7 +586,7 @@ def preset_from_args(a: argparse.Namespace) -> Preset:
     if a.max_steps is not None:
         if a.max_steps < 1:
             raise ConfigError(f"--max-steps must be >= 1, got {a.max_steps}")
-        changes["max_steps"] = a.max_steps
+        changes["settings"] = {**preset.settings, "train.max_steps": a.max_steps}
     return replace(preset, **changes)
 
 

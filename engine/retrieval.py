@@ -26,9 +26,12 @@ from collections import OrderedDict
 
 import torch
 
+import engine
 from engine.captions import eval_mode
 from engine.errors import ConfigError
 from engine.options import add_device_arg, add_K_arg
+from engine.registry import build_data
+from engine.relatedness import score_matrix
 
 RANKINGS = ("pmi", "features")
 SPLITS = ("train", "test")
@@ -110,7 +113,6 @@ def _rank(model, near: torch.Tensor, bank: torch.Tensor, k: int, by: str, pool: 
     if by == "features":
         idx, scores = _nearest(near, bank, k)
         return idx.tolist(), scores.tolist()
-    from engine.relatedness import score_matrix
 
     if pool is not None and pool < 1:
         raise ConfigError(f"pool must be >= 1 (or None for every candidate), got {pool}")
@@ -212,9 +214,6 @@ def add_parser(sub) -> None:
 
 
 def run_retrieve(a: argparse.Namespace) -> int:
-    import engine
-    from engine.registry import build_data
-
     model = engine.load(a.run_dir, a.device)
     data = build_data(model.config.data)
     pool = a.pool or None

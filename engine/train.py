@@ -107,8 +107,24 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
     """
     out = Path(out)
     _check_out(out)
+    cfg, saved, changes = _resume_point(cfg, out, resume, allow_fresh, given)
+    run = _Run(cfg, out, saved, changes, data, progress)
+    try:
+        with run.stop:
+            run.loop(on_step)
+        run.write_progress({"done": True})
+        if on_end is not None:
+            on_end(run.model)
+    finally:
+        run.close()
+    return run.ck_path
+
+
+def _resume_point(cfg: RunConfig, out: Path, resume: bool, allow_fresh: bool,
+                  given: dict[str, str] | None) -> tuple[RunConfig, dict | None, list[str]]:
+    """The config to train, the checkpoint to continue (None: a new run) and the settings a resume
+    changed; refuses an ``out`` that holds another run, or nothing where ``resume`` needs a checkpoint."""
     ck_path, best_path = out / CHECKPOINT_NAME, out / BEST_NAME
-    saved, changes = None, []
     if ck_path.exists():
         if not resume:
             raise ConfigError(f"{out} already holds a checkpoint; pass --resume to continue it "
@@ -118,179 +134,211 @@ def train(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool 
             raise ConfigError(f"{ck_path} is an exported, inference-only checkpoint (no optimiser state); "
                               "it cannot be resumed; train into a new --out instead")
         cfg, changes = resume_config(config_of(saved, ck_path), cfg, given, ck_path)
-    elif resume and not allow_fresh:
+        return cfg, saved, changes
+    if resume and not allow_fresh:
         raise ConfigError(f"--resume: {out} holds no {CHECKPOINT_NAME} to continue"
                           + (" (its config.json is from a run stopped before its first checkpoint)"
                              if (out / "config.json").exists() else "")
                           + "; drop --resume to start a new run there, or add --allow-fresh to start one "
                             "wherever there is nothing to resume")
-    elif best_path.exists():
+    if best_path.exists():
         raise ConfigError(f"{out} holds a {BEST_NAME} from an earlier run but no {CHECKPOINT_NAME}: move it "
                           "away or choose another --out")
-    cfg = check_variant(cfg)
-    rank, world, device, created = _distributed(pick_device(cfg.train.device))
-    if cfg.train.batch_size % world:
-        raise ConfigError(f"batch size {cfg.train.batch_size} must be divisible by the {world} processes")
-    if cfg.objective.contrastive is not None and cfg.train.batch_size // world < 2:
-        raise ConfigError(f"{cfg.variant} draws negatives from each process's batch: batch size "
-                          f"{cfg.train.batch_size} over {world} processes leaves fewer than 2 pairs each")
-    torch.manual_seed(cfg.train.seed)
-    data = data if data is not None else build_data(cfg.data)
-    cfg = prepare_config(cfg, data)
-    model = model_from_config(cfg).to(device).set_precision(cfg.train.precision)
-    if rank:
-        torch.manual_seed(cfg.train.seed + rank)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr, amsgrad=True)
-    gen = torch.Generator().manual_seed(cfg.train.seed + rank)
-    epoch, step, batch_in_epoch, best = 0, 0, 0, None
-    if saved is not None:
-        load_state(model, saved["model"], ck_path)
-        opt.load_state_dict(saved["optimizer"])
-        epoch, step, batch_in_epoch = saved["epoch"], saved["step"], saved.get("batch_in_epoch", 0)
-        best = saved.get("best")
-        if rank == 0 and saved.get("world_size", 1) == world:
-            gen.set_state(saved["gen_state"])
+    return cfg, None, []
+
+
+class _Run:
+    """One run being trained: its setup (device, seeds, data, model, optimiser, a resumed state),
+    the loop and one optimisation step, and its checkpoints and progress files."""
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def __init__(self, cfg: RunConfig, out: Path, saved: dict | None, changes: list[str], data, progress: bool):
+        self.out, self.ck_path, self.best_path = out, out / CHECKPOINT_NAME, out / BEST_NAME
+        cfg = check_variant(cfg)
+        self.rank, self.world, self.device, self.created = _distributed(pick_device(cfg.train.device))
+        rank, world = self.rank, self.world
+        if cfg.train.batch_size % world:
+            raise ConfigError(f"batch size {cfg.train.batch_size} must be divisible by the {world} processes")
+        if cfg.objective.contrastive is not None and cfg.train.batch_size // world < 2:
+            raise ConfigError(f"{cfg.variant} draws negatives from each process's batch: batch size "
+                              f"{cfg.train.batch_size} over {world} processes leaves fewer than 2 pairs each")
+        torch.manual_seed(cfg.train.seed)
+        self.data = data if data is not None else build_data(cfg.data)
+        self.cfg = cfg = prepare_config(cfg, self.data)
+        self.model = model_from_config(cfg).to(self.device).set_precision(cfg.train.precision)
+        if rank:
+            torch.manual_seed(cfg.train.seed + rank)
+        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                    amsgrad=True)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed + rank)
+        self.epoch, self.step, self.batch_in_epoch, self.best = 0, 0, 0, None
+        if saved is not None:
+            self._restore(saved)
+        if rank == 0:
+            _prepare_out(out, cfg, self.step, self.best)
+            if saved is not None:
+                print(f"resuming {self.ck_path} at step {self.step}"
+                      + (f"; applied {', '.join(changes)}" if changes else ""), file=sys.stderr)
+        self.forward = DistributedDataParallel(self.model) if world > 1 else None
+        self.ds = self.data.train
+        self.bs = min(cfg.train.batch_size, len(self.ds)) // world
+        self.sampler = DistributedSampler(self.ds, num_replicas=world, rank=rank, shuffle=True,
+                                          seed=cfg.train.seed, drop_last=True)
+        self.n_batches = len(self.sampler) // self.bs
+        self.total = self.n_batches * cfg.train.epochs
+        if cfg.train.max_steps is not None:
+            self.total = min(self.total, cfg.train.max_steps)
+        self.bad_in_row, self.skipped = 0, 0
+        self.bar = tqdm(total=self.total, initial=self.step, disable=not progress or rank > 0, desc=cfg.variant,
+                        unit="step")
+        self.saved_step, self.last_save, self.t0 = self.step, time.monotonic(), time.time()
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.stop = _StopSignals()
+        self.model.train()
+
+    def _restore(self, saved: dict) -> None:
+        """Weights, optimiser, position and RNG streams of the checkpoint being resumed."""
+        load_state(self.model, saved["model"], self.ck_path)
+        self.opt.load_state_dict(saved["optimizer"])
+        self.epoch, self.step, self.batch_in_epoch = saved["epoch"], saved["step"], saved.get("batch_in_epoch", 0)
+        self.best = saved.get("best")
+        if self.rank == 0 and saved.get("world_size", 1) == self.world:
+            self.gen.set_state(saved["gen_state"])
             torch.set_rng_state(saved["torch_rng"])
-            if device.type == "cuda" and saved.get("cuda_rng"):
+            if self.device.type == "cuda" and saved.get("cuda_rng"):
                 torch.cuda.set_rng_state_all(saved["cuda_rng"])
         else:
-            torch.manual_seed(cfg.train.seed + rank + 7919 * step)
-    if rank == 0:
-        _prepare_out(out, cfg, step, best)
-        if saved is not None:
-            print(f"resuming {ck_path} at step {step}" + (f"; applied {', '.join(changes)}" if changes else ""),
-                  file=sys.stderr)
-    forward = DistributedDataParallel(model) if world > 1 else None
+            torch.manual_seed(self.cfg.train.seed + self.rank + 7919 * self.step)
 
-    ds = data.train
-    bs = min(cfg.train.batch_size, len(ds)) // world
-    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed,
-                                 drop_last=True)
-    n_batches = len(sampler) // bs
-    total = n_batches * cfg.train.epochs
-    if cfg.train.max_steps is not None:
-        total = min(total, cfg.train.max_steps)
-    bad_in_row, skipped = 0, 0
-    bar = tqdm(total=total, initial=step, disable=not progress or rank > 0, desc=cfg.variant, unit="step")
-    saved_step, last_save, t0 = step, time.monotonic(), time.time()
-    sums: dict[str, float] = {}
-    count = 0
-    stop = _StopSignals()
+    def close(self) -> None:
+        self.bar.close()
+        if self.created:
+            dist.destroy_process_group()
 
-    def heldout() -> float:
-        return _untouched_rng(test_iwae, model, data.test, cfg.objective.K)
+    # ---- the loop and one step -------------------------------------------------------------------
+    def loop(self, on_step: Callable[[dict], None] | None) -> None:
+        """Epochs of batches from where the run stands to the end, saving where a trigger fires."""
+        if self.best is None and self.rank == 0:
+            self.best = {"iwae": self.heldout(), "step": self.step}
+        bs = self.bs
+        while self.epoch < self.cfg.train.epochs and self.step < self.total:
+            self.sampler.set_epoch(self.epoch)
+            order = torch.tensor(list(self.sampler))
+            b = self.batch_in_epoch
+            while b < self.n_batches and self.step < self.total:
+                self.save_if_due(self.epoch, b)
+                xs, _ = self.ds.batch(order[b * bs:(b + 1) * bs])
+                b += 1
+                terms = self.optimise([x.to(self.device, non_blocking=True) for x in xs])
+                if terms is not None:
+                    self.report(terms, on_step)
+            if b >= self.n_batches:
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                self.save_if_due(self.epoch, 0, force=True)
+            else:
+                self.batch_in_epoch = b
+        self.save_if_due(self.epoch, self.batch_in_epoch, force=True)
 
-    def kept() -> str:
+    def optimise(self, xs: list[torch.Tensor]) -> dict[str, float] | None:
+        """One optimisation step on a batch: its loss terms, or None where the loss is not finite on
+        some rank (the step is skipped; TrainingError after ``max_nonfinite`` in a row)."""
+        out = variant_loss(self.model, xs, self.cfg.objective, self.gen, k_chunk=self.cfg.train.k_chunk,
+                           forward=self.forward)
+        if not _all_finite(out.loss, self.world):
+            self.bad_in_row += 1
+            self.skipped += 1
+            if self.bad_in_row >= self.cfg.train.max_nonfinite:
+                raise TrainingError(f"{self.bad_in_row} non-finite losses in a row at step {self.step}; stopped "
+                                    f"without saving. {self.kept()} Try a lower --lr or a smaller --gamma.")
+            return None
+        self.bad_in_row = 0
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.opt.step()
+        self.step += 1
+        terms = out.terms()
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        return terms
+
+    # ---- progress and checkpoints ----------------------------------------------------------------
+    def report(self, terms: dict[str, float], on_step: Callable[[dict], None] | None) -> None:
+        """A step's progress: the bar, ``on_step`` and, every 20 steps, progress.json."""
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{v:.1f}" for k, v in terms.items()})
+        if on_step is not None:
+            on_step({"step": self.step, "total_steps": self.total, "epoch": self.epoch, **terms})
+        if self.step % 20 == 0:
+            self.write_progress(terms)
+
+    def write_progress(self, extra: dict) -> None:
+        """progress.json (rank 0): step, total_steps, epoch and ``extra`` (the loss terms, or done)."""
+        if self.rank == 0:
+            atomic_write_text(self.out / PROGRESS_NAME, json.dumps(
+                {"step": self.step, "total_steps": self.total, "epoch": self.epoch, **extra}))
+
+    def heldout(self) -> float:
+        return _untouched_rng(test_iwae, self.model, self.data.test, self.cfg.objective.K)
+
+    def kept(self) -> str:
         """What the run directory holds for the user after a stop."""
         parts = []
-        if best_path.exists() and best is not None:
-            parts.append(f"The best checkpoint is {best_path} (step {best['step']}, held-out IWAE {best['iwae']:.1f})")
-        if ck_path.exists():
-            parts.append(f"the latest is {ck_path} (step {saved_step})")
+        if self.best_path.exists() and self.best is not None:
+            parts.append(f"The best checkpoint is {self.best_path} (step {self.best['step']}, held-out IWAE "
+                         f"{self.best['iwae']:.1f})")
+        if self.ck_path.exists():
+            parts.append(f"the latest is {self.ck_path} (step {self.saved_step})")
         return ("; ".join(parts) + ".") if parts else "No checkpoint was written."
 
-    def checkpoint(done_epochs: int, in_epoch: int, evaluate: bool = True) -> None:
+    def checkpoint(self, done_epochs: int, in_epoch: int, evaluate: bool = True) -> None:
         """Save checkpoint.pt (rank 0; every rank calls it) after the divergence checks; best.pt if best."""
-        nonlocal best, saved_step, last_save, t0, sums, count
-        means = _mean_across_ranks(sums, count, world)
-        problem = ""
-        if rank == 0:
-            bad = nonfinite_tensors(model.state_dict())
-            h = heldout() if evaluate and not bad else None
+        means = _mean_across_ranks(self.sums, self.count, self.world)
+        problem, step, best = "", self.step, self.best
+        if self.rank == 0:
+            bad = nonfinite_tensors(self.model.state_dict())
+            h = self.heldout() if evaluate and not bad else None
             if bad:
                 problem = f"{len(bad)} weight tensors hold NaN or inf at step {step}"
-            elif h is not None and _diverged(h, best["iwae"], cfg.train.divergence_tolerance):
+            elif h is not None and _diverged(h, best["iwae"], self.cfg.train.divergence_tolerance):
                 problem = (f"held-out IWAE {h:.1f} at step {step} is far below the best {best['iwae']:.1f} "
-                           + (f"(step {best['step']})" if best_path.exists() else "(of the initial weights)"))
+                           + (f"(step {best['step']})" if self.best_path.exists() else "(of the initial weights)"))
             if h is not None:
-                line = {"epoch": done_epochs, "step": step, "seconds": round(time.time() - t0, 3),
-                        "skipped": skipped, **means, "test_iwae": h}
-                with open(out / CURVE_NAME, "a") as f:
+                line = {"epoch": done_epochs, "step": step, "seconds": round(time.time() - self.t0, 3),
+                        "skipped": self.skipped, **means, "test_iwae": h}
+                with open(self.out / CURVE_NAME, "a") as f:
                     f.write(json.dumps(line) + "\n")
             if not problem:
                 improved = h is not None and h > best["iwae"]
                 if improved:
-                    best = {"iwae": h, "step": step}
-                save_checkpoint(ck_path, cfg, model, opt, epoch=done_epochs, step=step, batch_in_epoch=in_epoch,
-                                world_size=world, gen_state=gen.get_state(), torch_rng=torch.get_rng_state(),
-                                cuda_rng=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                                best=best)
+                    self.best = {"iwae": h, "step": step}
+                save_checkpoint(self.ck_path, self.cfg, self.model, self.opt, epoch=done_epochs, step=step,
+                                batch_in_epoch=in_epoch, world_size=self.world, gen_state=self.gen.get_state(),
+                                torch_rng=torch.get_rng_state(),
+                                cuda_rng=torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                                best=self.best)
                 if improved:
-                    atomic_copy(ck_path, best_path)
-        if _agree([bool(problem)], world)[0]:
+                    atomic_copy(self.ck_path, self.best_path)
+        if _agree([bool(problem)], self.world)[0]:
             raise Diverged(f"the run is diverging: {problem or 'rank 0 found it so'}; stopped without saving. "
-                           f"{kept()} Try a lower --lr (or a larger --divergence-tolerance).")
-        saved_step, last_save, t0, sums, count = step, time.monotonic(), time.time(), {}, 0
+                           f"{self.kept()} Try a lower --lr (or a larger --divergence-tolerance).")
+        self.saved_step, self.last_save, self.t0, self.sums, self.count = step, time.monotonic(), time.time(), {}, 0
 
-    def save_if_due(done_epochs: int, in_epoch: int, force: bool = False) -> None:
+    def save_if_due(self, done_epochs: int, in_epoch: int, force: bool = False) -> None:
         """Checkpoint where a trigger fires (steps, minutes, a signal, ``force``); stop after a signal."""
-        stopping, due = _agree([stop.signum is not None,
-                                step - saved_step >= cfg.train.checkpoint_every
-                                or time.monotonic() - last_save >= 60 * cfg.train.checkpoint_minutes], world)
-        if step > saved_step and (force or stopping or due):
-            checkpoint(done_epochs, in_epoch, evaluate=not stopping)
+        t = self.cfg.train
+        stopping, due = _agree([self.stop.signum is not None,
+                                self.step - self.saved_step >= t.checkpoint_every
+                                or time.monotonic() - self.last_save >= 60 * t.checkpoint_minutes], self.world)
+        if self.step > self.saved_step and (force or stopping or due):
+            self.checkpoint(done_epochs, in_epoch, evaluate=not stopping)
         if stopping:
-            name = signal.Signals(stop.signum).name if stop.signum else "a signal"
-            raise Interrupted(f"stopped by {name} at step {step}. {kept()}"
-                              + (f" Continue with --resume --out {out}." if ck_path.exists() else ""),
-                              stop.signum or signal.SIGTERM)
-
-    model.train()
-    try:
-        with stop:
-            if best is None and rank == 0:
-                best = {"iwae": heldout(), "step": step}
-            while epoch < cfg.train.epochs and step < total:
-                sampler.set_epoch(epoch)
-                order = torch.tensor(list(sampler))
-                b = batch_in_epoch
-                while b < n_batches and step < total:
-                    save_if_due(epoch, b)
-                    xs, _ = ds.batch(order[b * bs:(b + 1) * bs])
-                    b += 1
-                    xs = [x.to(device, non_blocking=True) for x in xs]
-                    out_ = variant_loss(model, xs, cfg.objective, gen, k_chunk=cfg.train.k_chunk,
-                                        forward=forward)
-                    if not _all_finite(out_.loss, world):
-                        bad_in_row += 1
-                        skipped += 1
-                        if bad_in_row >= cfg.train.max_nonfinite:
-                            raise TrainingError(
-                                f"{bad_in_row} non-finite losses in a row at step {step}; stopped without "
-                                f"saving. {kept()} Try a lower --lr or a smaller --gamma.")
-                        continue
-                    bad_in_row = 0
-                    opt.zero_grad(set_to_none=True)
-                    out_.loss.backward()
-                    opt.step()
-                    step += 1
-                    terms = out_.terms()
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.1f}" for k, v in terms.items()})
-                    if on_step is not None:
-                        on_step({"step": step, "total_steps": total, "epoch": epoch, **terms})
-                    if rank == 0 and step % 20 == 0:
-                        atomic_write_text(out / PROGRESS_NAME, json.dumps(
-                            {"step": step, "total_steps": total, "epoch": epoch, **terms}))
-                if b >= n_batches:
-                    epoch, batch_in_epoch = epoch + 1, 0
-                    save_if_due(epoch, 0, force=True)
-                else:
-                    batch_in_epoch = b
-            save_if_due(epoch, batch_in_epoch, force=True)
-        if rank == 0:
-            atomic_write_text(out / PROGRESS_NAME, json.dumps({"step": step, "total_steps": total,
-                                                               "epoch": epoch, "done": True}))
-        if on_end is not None:
-            on_end(model)
-    finally:
-        bar.close()
-        if created:
-            dist.destroy_process_group()
-    return ck_path
+            signum = self.stop.signum
+            name = signal.Signals(signum).name if signum else "a signal"
+            raise Interrupted(f"stopped by {name} at step {self.step}. {self.kept()}"
+                              + (f" Continue with --resume --out {self.out}." if self.ck_path.exists() else ""),
+                              signum or signal.SIGTERM)
 
 
 def _diverged(value: float, best: float, tolerance: float) -> bool:

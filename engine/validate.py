@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from engine.errors import EngineError
+from engine.registry import parse_variant, variant_name
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -89,9 +92,6 @@ def likelihood_weights(value: Any) -> str:
 
 def variant(value: Any) -> str:
     """A variant name in the paper's spelling ('ci-mmvae' -> 'cI-MMVAE')."""
-    from engine.errors import EngineError
-    from engine.registry import parse_variant, variant_name
-
     try:
         return variant_name(*parse_variant(str(value)))
     except EngineError as e:

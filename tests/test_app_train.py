@@ -10,6 +10,7 @@ import pytest
 
 from dashboard import jobs
 from dashboard.runs import find_runs
+from engine.config import RunConfig
 from tests.dashboard_common import app, environ, problems
 
 pytest.importorskip("streamlit.testing.v1")
@@ -53,11 +54,17 @@ def test_train_page_starts_a_run_that_lands_in_the_picker(root):
     at.form_submit_button[0].click().run()
     assert problems(at) == [] and not at.error
     job = jobs.last_job(runs)
-    assert job.name == "dash-run" and "--max-steps" in job.argv
+    assert job.name == "dash-run" and "--max-steps" not in job.argv          # the settings travel in a file
+    config = Path(job.argv[job.argv.index("--config") + 1])
+    assert config == runs / "dash-run" / "config.json" and job.argv[job.argv.index("--out") + 1] == str(job.out)
     deadline = time.time() + 120
     while jobs.status(job) == "running" and time.time() < deadline:
         time.sleep(0.5)
     assert jobs.status(job) == "done", jobs.log_tail(job)
+    cfg = RunConfig.load(config)
+    assert (cfg.variant, cfg.train.max_steps, cfg.objective.K, cfg.objective.N, cfg.train.batch_size,
+            cfg.data.data_fraction) == ("cI-MMVAE", 2, 2, 2, 16, 0.05)
+    assert jobs.progress(job)["step"] == 2                                  # and the trainer trained it
     assert any(r.name == "dash-run" and not r.problem for r in find_runs())
     again = app("train")
     again.text_input(key="tr_name").set_value("dash-run")
@@ -66,9 +73,14 @@ def test_train_page_starts_a_run_that_lands_in_the_picker(root):
 
 
 def test_data_root_is_asked_for_cub_and_the_real_source_only(root, monkeypatch):
-    started = []
-    monkeypatch.setattr(jobs, "start", lambda name, argv, runs_root: started.append(argv) or jobs.Job(
-        0, name, Path(runs_root) / name, argv, 0.0))
+    started, configs = [], []
+
+    def fake_start(name, argv, runs_root, config=None):
+        started.append(argv)
+        configs.append(config)
+        return jobs.Job(0, name, Path(runs_root) / name, argv, 0.0)
+
+    monkeypatch.setattr(jobs, "start", fake_start)
     monkeypatch.setattr(jobs, "active", lambda runs_root: None)
     at = app("train")
     assert "tr_data_root" not in [t.key for t in at.text_input]           # mnist-svhn, offline
@@ -79,21 +91,22 @@ def test_data_root_is_asked_for_cub_and_the_real_source_only(root, monkeypatch):
     at.text_input(key="tr_data_root").set_value("/data/CUB").run()
     at.form_submit_button[0].click().run()
     assert problems(at) == [] and not at.error
-    assert started[-1][started[-1].index("--data-root") + 1] == "/data/CUB"
+    assert "--config" in started[-1] and "--data-root" not in started[-1]
+    assert (configs[-1].data.dataset, configs[-1].data.root) == ("cub", "/data/CUB")
     at.selectbox(key="tr_dataset").set_value("cub-synthetic").run()
     assert "tr_data_root" not in [t.key for t in at.text_input] and "tr_source" not in [s.key for s in at.selectbox]
     at.text_input(key="tr_name").set_value("synth-run")
     at.form_submit_button[0].click().run()
-    assert "--data-root" not in started[-1] and "--source" not in started[-1]
-    assert "--looser" in started[-1]                    # CUB + an MMVAE variant: the looser bound by default
+    assert (configs[-1].data.dataset, configs[-1].data.root, configs[-1].data.source) == ("cub-synthetic", None, "offline")
+    assert configs[-1].objective.looser                 # CUB + an MMVAE variant: the looser bound by default
     at.selectbox(key="tr_dataset").set_value("mnist-svhn").run()
     at.selectbox(key="tr_source").set_value("real").run()
     at.text_input(key="tr_data_root").set_value("/data/torchvision").run()
     at.text_input(key="tr_name").set_value("real-run")
     at.form_submit_button[0].click().run()
-    argv = started[-1]
-    assert argv[argv.index("--source") + 1] == "real" and argv[argv.index("--data-root") + 1] == "/data/torchvision"
-    assert "--looser" not in argv                       # MNIST-SVHN: the paper's tight bound by default
+    cfg = configs[-1]
+    assert (cfg.data.dataset, cfg.data.source, cfg.data.root) == ("mnist-svhn", "real", "/data/torchvision")
+    assert not cfg.objective.looser                     # MNIST-SVHN: the paper's tight bound by default
 
 
 def test_training_switched_off_shows_no_form_and_no_cancel(root):

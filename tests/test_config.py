@@ -72,11 +72,13 @@ def test_dataset_dependent_defaults_and_explicit_flags():
 def test_presets_are_partial_configs_shared_by_reproduce_propagate_and_make_sh():
     from pathlib import Path
 
-    from engine.reproduce import cpu_preset
+    from engine.reproduce import cpu_preset, paper_preset
 
     cpu = cpu_preset()
-    assert C.resolve("reproduce-cpu").objective.K == cpu.K == 2
+    assert C.resolve("reproduce-cpu").objective.K == cpu.config.objective.K == 2
     assert cpu.run_config("MMVAE", 1.0, 0, cpu.gamma).train.max_steps == C.PRESETS["reproduce-cpu"]["train.max_steps"]
+    assert cpu.settings == C.PRESETS["reproduce-cpu"] and cpu_preset().config.train.epochs == 100
+    assert paper_preset().config.train.epochs == 30 and paper_preset().config.objective.K == 30
     birds = C.resolve("shipped-cub-synthetic", {"variant": "cI-MMVAE"}, "cub-synthetic")
     assert birds.objective.looser and birds.model.latent_dim == 64 and birds.train.max_steps == 20000
     assert birds.model.likelihood_weights == "0.025,5" and birds.train.precision == "bf16"

@@ -108,38 +108,64 @@ def test_append_history_skips_repeated_steps():
     assert logic.append_history(h, {"step": 2, "loss": 1.0}) == [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 1.0}]
 
 
-def test_train_argv_is_the_cli_call(tmp_path):
-    argv = jobs.train_argv("r", tmp_path, "cI-MMVAE", "mnist-svhn", 0.1, 2, 50, 4, 3, 2.0, 16)
-    assert argv[1:4] == ["-m", "engine", "train"] and argv[argv.index("--out") + 1] == str(tmp_path / "r")
-    assert argv[argv.index("--max-steps") + 1] == "50" and argv[argv.index("--negatives") + 1] == "3"
-    assert "--max-steps" not in jobs.train_argv("r", tmp_path, "MMVAE", "mnist-svhn", 1.0, 1, None, 1, 1, 2.0, 8)
-    from engine.cli import build_parser
+def _trained_config(argv: list[str]):
+    """The RunConfig the trainer resolves from a train command line (its --config file and flags)."""
+    from engine.cli import build_parser, config_from_args
 
-    ns = build_parser().parse_args(argv[3:])
-    assert (ns.model, ns.K, ns.negatives, ns.max_steps, ns.data_fraction) == ("cI-MMVAE", 4, 3, 50, 0.1)
-    assert not ns.looser
+    a = build_parser().parse_args(argv[3:])
+    a.argv = argv[3:]
+    return config_from_args(a)
+
+
+def test_train_argv_trains_the_config_file_of_the_run(tmp_path):
+    argv = jobs.train_argv("r", tmp_path)
+    assert argv[1:4] == ["-m", "engine", "train"] and argv[argv.index("--out") + 1] == str(tmp_path / "r")
+    assert argv[argv.index("--config") + 1] == str(tmp_path / "r" / "config.json")
+    assert not {"--model", "--max-steps", "--K", "--negatives"} & set(argv)       # the settings are in the file
+    cfg = jobs.train_config("cI-MMVAE", "mnist-svhn", 0.1, 2, 50, 4, 3, 2.0, 16)
+    assert (cfg.variant, cfg.objective.K, cfg.objective.N, cfg.train.max_steps, cfg.data.data_fraction,
+            cfg.train.epochs, cfg.train.batch_size, cfg.objective.looser) == ("cI-MMVAE", 4, 3, 50, 0.1, 2, 16, False)
+    assert jobs.train_config("MMVAE", "mnist-svhn", 1.0, 1, None, 1, 1, 2.0, 8).train.max_steps is None
+    (tmp_path / "r").mkdir()
+    cfg.save(tmp_path / "r" / "config.json")
+    from engine.config import flat
+
+    assert flat(_trained_config(argv)) == flat(cfg)
+
+
+def test_start_writes_the_config_before_the_trainer_starts(tmp_path):
+    cfg = jobs.train_config("cI-MMVAE", "mnist-svhn", 0.1, 2, 50, 4, 3, 2.0, 16)
+    probe = [sys.executable, "-c", "import json, sys; print('K', json.load(open(sys.argv[1]))['objective']['K'])",
+             str(tmp_path / "r" / "config.json")]
+    job = jobs.start("r", probe, tmp_path, config=cfg)
+    deadline = time.time() + 30
+    while jobs.is_alive(job.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert jobs.log_tail(job) == "K 4"
 
 
 @pytest.mark.parametrize("model,expected", [("cI-MMVAE", True), ("MMVAE", True), ("cC-MVAE", False), ("JMVAE", False)])
-def test_train_argv_asks_for_the_looser_bound_only_for_mmvae(tmp_path, model, expected):
-    from engine.cli import build_parser
-
-    argv = jobs.train_argv("r", tmp_path, model, "cub-synthetic", 1.0, 1, None, 2, 1, 2.0, 8, looser=True)
-    assert build_parser().parse_args(argv[3:]).looser is expected
+def test_train_config_asks_for_the_looser_bound_only_for_mmvae(model, expected):
+    assert jobs.train_config(model, "cub-synthetic", 1.0, 1, None, 2, 1, 2.0, 8, looser=True).objective.looser is expected
+    assert not jobs.train_config(model, "cub-synthetic", 1.0, 1, None, 2, 1, 2.0, 8, looser=False).objective.looser
 
 
 @pytest.mark.parametrize("dataset,source,expected", [("cub", "offline", ("offline", "/data/cub")),
                                                      ("mnist-svhn", "real", ("real", "/data/cub")),
                                                      ("cub-synthetic", "offline", ("offline", None)),
                                                      ("mnist-svhn", "offline", ("offline", None))])
-def test_train_argv_passes_the_data_root_only_where_it_is_read(tmp_path, dataset, source, expected):
-    from engine.cli import build_parser
-
-    argv = jobs.train_argv("r", tmp_path, "MMVAE", dataset, 1.0, 1, None, 1, 1, 2.0, 8, source=source,
-                           data_root="/data/cub")
-    ns = build_parser().parse_args(argv[3:])
-    assert (ns.source, ns.data_root) == expected and ns.dataset == dataset
+def test_train_config_keeps_the_data_root_only_where_it_is_read(dataset, source, expected):
+    cfg = jobs.train_config("MMVAE", dataset, 1.0, 1, None, 1, 1, 2.0, 8, source=source, data_root="/data/cub")
+    assert (cfg.data.source, cfg.data.root) == expected and cfg.data.dataset == dataset
+    assert cfg.model.latent_dim == (20 if dataset == "mnist-svhn" else 64)        # the dataset's defaults
     assert jobs.needs_data_root(dataset, source) == (expected[1] is not None)
+
+
+def test_train_config_refuses_what_the_schema_refuses():
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
+        jobs.train_config("cI-MMVAE", "mnist-svhn", 0.1, 1, None, 2, 1, 2.0, 1)
 
 
 def test_jobs_one_at_a_time_cancel_and_stale_records(tmp_path):

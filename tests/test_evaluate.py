@@ -63,10 +63,10 @@ def test_evaluate_keys_types_ranges(tiny_run, classifiers, variant):
 
 
 def test_evaluate_cli_prints_json(tiny_run, classifiers, monkeypatch, capsys):
-    import engine.metrics.classifiers as clf_mod
+    import engine.evaluate
     from engine.cli import main
 
-    monkeypatch.setattr(clf_mod, "get_classifiers", lambda *a, **k: classifiers)
+    monkeypatch.setattr(engine.evaluate, "get_classifiers", lambda *a, **k: classifiers)
     run = tiny_run("cI-MMVAE")
     rc = main(["evaluate", str(run), "--json", "--samples", "20", "--ll-samples", "0", "--test-pairs", "10",
                "--latent-max", "100", "--device", "cpu", "--no-progress"])
@@ -128,13 +128,15 @@ def test_generate_cli_png_and_npz(tiny_run, tmp_path):
     assert main(["generate", str(run), "--mode", "joint", "--out", str(tmp_path / "g.jpg")]) == 2
 
 
+# The run settings of the tiny reproduce grids (a partial config, as engine.config.PRESETS holds).
+TINY = {"objective.K": 2, "objective.N": 2, "data.dm": 2, "train.epochs": 1, "train.batch_size": 16}
+
+
 def test_reproduce_tiny_grid_writes_tables_and_resumes(tmp_path, classifiers, monkeypatch):
-    import engine.train
     from engine import reproduce as R
 
     preset = R.Preset("tiny", "tests only", models=("cI-MMVAE",), fractions=(0.1,), seeds=(0,), gammas=(math.inf,),
-                      ablation_fraction=0.1,
-                      K=2, N=2, dm=2, epochs=1, max_steps=2, batch_size=16,
+                      ablation_fraction=0.1, settings=TINY | {"train.max_steps": 2},
                       eval={"samples": 32, "ll_samples": 0, "test_pairs": 20, "ll_pairs": 1, "latent_max": 100})
     out = tmp_path / "report"
     files = R.reproduce(preset, out, ablation=True, device="cpu", progress=False, classifiers=classifiers)
@@ -151,7 +153,7 @@ def test_reproduce_tiny_grid_writes_tables_and_resumes(tmp_path, classifiers, mo
     def refuse(*a, **k):
         raise AssertionError("a finished cell was retrained")
 
-    monkeypatch.setattr(engine.train, "train", refuse)
+    monkeypatch.setattr(R, "train", refuse)
     again = R.reproduce(preset, out, ablation=True, device="cpu", progress=False, classifiers=classifiers)
     assert "0 cells run, 2 already done" in again["report.md"].read_text()
 
@@ -160,8 +162,8 @@ def test_reproduce_resumes_half_trained_run(tmp_path, classifiers):
     from engine import reproduce as R
     from engine.train import read_metrics, train
 
-    preset = R.Preset("tiny", "tests only", models=("MMVAE",), fractions=(0.1,), seeds=(0,), K=2, N=2, dm=2,
-                      epochs=1, max_steps=4, batch_size=16,
+    preset = R.Preset("tiny", "tests only", models=("MMVAE",), fractions=(0.1,), seeds=(0,),
+                      settings=TINY | {"train.max_steps": 4},
                       eval={"samples": 16, "ll_samples": 0, "test_pairs": 10, "ll_pairs": 1, "latent_max": 100})
     run = tmp_path / "runs" / "MMVAE-f0.1-s0"
     half = preset.run_config("MMVAE", 0.1, 0, preset.gamma, device="cpu")
@@ -175,8 +177,8 @@ def test_reproduce_workers_run_cells_in_parallel_and_report_failures(tmp_path, c
     from engine import reproduce as R
     from engine.errors import ConfigError
 
-    preset = R.Preset("tiny", "tests only", models=("MMVAE", "MVAE"), fractions=(0.1,), seeds=(0,), K=2, N=2, dm=2,
-                      epochs=1, max_steps=2, batch_size=16,
+    preset = R.Preset("tiny", "tests only", models=("MMVAE", "MVAE"), fractions=(0.1,), seeds=(0,),
+                      settings=TINY | {"train.max_steps": 2},
                       eval={"samples": 16, "ll_samples": 0, "test_pairs": 10, "ll_pairs": 1, "latent_max": 100})
     files = R.reproduce(preset, tmp_path, device="cpu", progress=False, classifiers=classifiers, workers=2)
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["MMVAE-f0.1-s0", "MVAE-f0.1-s0"]
@@ -188,8 +190,8 @@ def test_reproduce_workers_run_cells_in_parallel_and_report_failures(tmp_path, c
 
     # One cell that cannot train (a config the engine refuses) fails alone: the other is saved, and
     # the error names the failed cell.
-    bad = R.Preset("tiny", "tests only", models=("MMVAE", "JMVAE"), fractions=(0.1,), seeds=(1,), K=2, N=2, dm=2,
-                   epochs=1, max_steps=2, batch_size=16, eval=preset.eval)
+    bad = R.Preset("tiny", "tests only", models=("MMVAE", "JMVAE"), fractions=(0.1,), seeds=(1,),
+                   settings=preset.settings, eval=preset.eval)
     (tmp_path / "runs" / "JMVAE-f0.1-s1").mkdir(parents=True)
     (tmp_path / "runs" / "JMVAE-f0.1-s1" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match=r"1 of 2 cells failed.*JMVAE-f0\.1-s1"):
@@ -276,8 +278,9 @@ def test_presets_state_their_cuts():
     cpu, paper = PRESETS["cpu"](), PRESETS["paper"]()
     main, abl = grid(cpu, ablation=True)
     assert len(main) == 9 * 2 * 1 and len(abl) == 6 * 1
-    assert paper.K == 30 and paper.N == 5 and paper.gamma == 2 and paper.batch_size == 128
-    assert cpu.learn_prior and not paper.learn_prior
+    p = paper.config
+    assert p.objective.K == 30 and p.objective.N == 5 and paper.gamma == 2 and p.train.batch_size == 128
+    assert cpu.config.model.learn_prior and not p.model.learn_prior
     assert cpu.run_config("MVAE", 1.0, 0, cpu.gamma).model.learn_prior
     for word in ("K = 30 -> 2", "N = 5 -> 2", "3000 optimiser steps", "seeds 5 -> 1", "learnt prior"):
         assert word in " ".join(cpu.notes.split())

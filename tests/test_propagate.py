@@ -97,10 +97,10 @@ def _check_report(res):
 
 
 def test_pipeline_end_to_end_with_retrain(tiny_data, tmp_path, monkeypatch):
-    import engine.evaluate
+    import engine.propagate
 
     calls = []
-    monkeypatch.setattr(engine.evaluate, "evaluate", lambda run_dir, **kw: calls.append(run_dir) or {"stub": 1})
+    monkeypatch.setattr(engine.propagate, "evaluate", lambda run_dir, **kw: calls.append(run_dir) or {"stub": 1})
     cfg, data = tiny_data
     res = propagate(tiny_settings("cI-MMVAE", retrain=True), cfg, tmp_path, data=data, progress=False)
     _check_report(res)

@@ -154,9 +154,9 @@ def test_looser_bound_is_refused_where_it_does_not_apply(tmp_path):
 TINY_FLAGS = ["--model", "cI-MMVAE", "--data-fraction", "0.1", "--dm", "2", "--K", "2", "--negatives", "2",
               "--batch-size", "16", "--epochs", "1", "--device", "cpu", "--no-progress"]
 # `python -m engine train` that also prints each finished step (so the test knows what a kill loses).
-STEP_PRINTING = ("import sys, engine.train as T; from engine.cli import main; real = T.train; "
-                 "T.train = lambda *a, **k: real(*a, on_step=lambda d: print(d['step'], flush=True), **k); "
-                 "sys.exit(main(sys.argv[1:]))")
+STEP_PRINTING = ("import sys, engine.cli as cli; real = cli.train; "
+                 "cli.train = lambda *a, **k: real(*a, on_step=lambda d: print(d['step'], flush=True), **k); "
+                 "sys.exit(cli.main(sys.argv[1:]))")
 
 
 def _engine(args, **kw):

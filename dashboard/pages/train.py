@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import jobs, logic, plots, runs
 from engine.config import DATASETS
+from engine.errors import ConfigError
 from engine.registry import VARIANTS
 
 st.title("Train")
@@ -58,19 +59,21 @@ if allowed:
             st.error(f"Dataset {dataset}{' (real source)' if source == 'real' else ''} reads its files from a data "
                      "root: fill in **Data root** above, or pick cub-synthetic / the offline source.")
         else:
-            argv = jobs.train_argv(run_name, root, variant, dataset, fraction, epochs, max_steps or None, K, N, gamma,
-                                   batch, source=source, data_root=data_root.strip() or None, looser=looser)
+            argv = jobs.train_argv(run_name, root)
             try:
-                job = jobs.start(run_name, argv, root)
+                cfg = jobs.train_config(variant, dataset, fraction, epochs, max_steps or None, K, N, gamma, batch,
+                                        source=source, data_root=data_root.strip() or None, looser=looser)
+                job = jobs.start(run_name, argv, root, config=cfg)
             except jobs.JobBusy as e:
                 st.warning(f"Not started: {e}.")
-            except (jobs.JobError, OSError) as e:
+            except (jobs.JobError, ConfigError, OSError) as e:
                 st.error(f"Cannot start the run: {e}")
             else:
                 st.session_state["_train_history"] = []
                 st.success(f"Started **{job.name}** (pid {job.pid}).")
-                with st.expander("Command"):
+                with st.expander("Command and config"):
                     st.code(" ".join(argv), language="bash")
+                    st.json(cfg.to_dict())
 
 
 def _cancel() -> None:
@@ -119,7 +122,7 @@ def live() -> None:
 
 
 def _read_metrics(job) -> list[dict]:
-    from engine.train import read_metrics
+    from engine.train import read_metrics       # torch (~2 s): imported once a run exists, after the form
 
     try:
         return read_metrics(job.out)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from engine.config import DataConfig
+from engine.data import features, synth_birds
 from engine.data.cache import cache_dir
 from engine.data.features import cached_features
 from engine.data.paired import SPLITS, MultimodalData, PairedDataset, check_splits, no_pairs
@@ -259,8 +260,6 @@ def _stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.nda
 
 def _synthetic_root(cfg: DataConfig, progress: ProgressArg = True) -> Path:
     """The synthetic set's root, generated there (via a temporary folder) if it does not exist yet."""
-    from engine.data import synth_birds
-
     root = Path(cfg.root).expanduser() if cfg.root else cache_dir() / "cub-synthetic"
     if (root / "CUB_200_2011" / "images.txt").is_file():
         return root
@@ -358,8 +357,6 @@ def ship_test_features(folder: Path | None = None, model_name: str = "efficientn
                        progress: ProgressArg = True) -> Path:
     """Compute (never copy) the default synthetic set's test-split features and write them to
     ``shipped_stem(model_name, folder)``; returns that stem."""
-    from engine.data import features
-
     cfg = DataConfig(dataset="cub-synthetic", features=model_name)
     cfg.validate()
     test = load_cub(_synthetic_root(cfg, progress), "test")

@@ -19,7 +19,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
 from engine.errors import ConfigError, DataError
+from engine.models.efficientnet_lite import load_efficientnet_lite0, preprocess, weights_path
 from engine.progress import ProgressArg, reporter
 
 FEATURE_DIMS = {"efficientnet-lite0": 1280, "resnet101": 2048}
@@ -62,7 +64,7 @@ def load_pixels(image: Image.Image | str | Path) -> torch.Tensor:
 
 def _resnet101(download: bool) -> torch.nn.Module:
     """torchvision ResNet-101 (ImageNet, V1 weights) from the torch hub cache; downloads only if allowed."""
-    from torchvision.models import ResNet101_Weights, resnet101
+    from torchvision.models import ResNet101_Weights, resnet101    # torchvision: ~4 s to import, ResNet only
 
     weights = ResNet101_Weights.IMAGENET1K_V1
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
@@ -86,8 +88,6 @@ def feature_model(model_name: str, download: bool = False) -> tuple[torch.nn.Mod
     """(network mapping normalised images to pooled features, pixel normaliser) for a model name,
     loaded once per process (a feature cache is filled in blocks)."""
     if model_name == "efficientnet-lite0":
-        from engine.models.efficientnet_lite import load_efficientnet_lite0, preprocess
-
         net = load_efficientnet_lite0()
         return _Features(net), preprocess
     if model_name == "resnet101":
@@ -143,11 +143,9 @@ def _read_cache(array_path: Path, keys_path: Path, model_name: str) -> tuple[lis
 def extractor_id(model_name: str) -> dict:
     """What fixes a feature extractor's output: model name, pipeline version and its weights' SHA-256."""
     if model_name == "efficientnet-lite0":
-        from engine.models.efficientnet_lite import weights_path
-
         weights = weights_path()
     elif model_name == "resnet101":
-        from torchvision.models import ResNet101_Weights
+        from torchvision.models import ResNet101_Weights    # torchvision: ~4 s to import, ResNet only
 
         weights = Path(torch.hub.get_dir()) / "checkpoints" / Path(ResNet101_Weights.IMAGENET1K_V1.url).name
     else:

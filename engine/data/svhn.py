@@ -43,7 +43,7 @@ def _offline(split: str, progress: ProgressArg) -> tuple[torch.Tensor, torch.Ten
 @lru_cache(maxsize=None)
 def _real(split: str, root: str | None, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """torchvision's SVHN (cropped digits, .mat files read with scipy); label 10 is already 0."""
-    import torchvision
+    import torchvision      # ~4 s to import: only the real source needs it
 
     base = _real_root(root, download, "SVHN", "<root>/train_32x32.mat and <root>/test_32x32.mat")
     expected = base / f"{split}_32x32.mat"

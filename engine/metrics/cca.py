@@ -30,7 +30,9 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from engine.captions import caption_tokens, eval_mode
 from engine.data.cache import cache_dir
+from engine.data.cub import build_cub
 from engine.errors import ConfigError, DataError
 
 EMB_DIM = 300
@@ -67,7 +69,7 @@ def _sentences(ids: torch.Tensor, itos: list[str], eos: int) -> list[list[str]]:
 
 def fasttext_vectors(ids: torch.Tensor, itos: list[str], eos: int, dim: int = EMB_DIM, seed: int = 0) -> np.ndarray:
     """(V, dim) FastText vectors of the vocabulary, trained on the captions ``ids`` (one worker: reproducible)."""
-    from gensim.models import FastText
+    from gensim.models import FastText      # gensim: ~0.4 s to import, for CUB's CCA only
 
     ft = FastText(vector_size=dim, window=WINDOW, min_count=1, epochs=EPOCHS, seed=seed, workers=1, bucket=BUCKETS)
     sentences = _sentences(ids, itos, eos)
@@ -279,7 +281,6 @@ def _full_train_data(model, data):
     cfg = getattr(model, "config", None)
     if cfg is None or cfg.data.data_fraction >= 1.0:
         return data
-    from engine.data.cub import build_cub
 
     return build_cub(replace(cfg.data, data_fraction=1.0))
 
@@ -298,8 +299,6 @@ def evaluate_cub(model, data, samples: int = 1000, test_pairs: int | None = 5000
     Captions are decoded by ``decoding`` ("greedy" or "sample"). The CCA is fitted on ``fit_data``'s
     train split (default: the full train split of the run's dataset).
     """
-    from engine.captions import caption_tokens, eval_mode
-
     if samples < 1 or (test_pairs is not None and test_pairs < 1):
         raise ConfigError(f"samples and test_pairs must be >= 1, got {samples} and {test_pairs}")
     names = tuple(mod.name for mod in model.mods)

@@ -23,6 +23,11 @@ from tqdm.auto import tqdm
 
 from engine.checkpoints import atomic_save, atomic_write_text
 from engine.config import DataConfig
+from engine.data.cache import cache_dir
+from engine.data.mnist import load_mnist
+from engine.data.svhn import load_svhn
+from engine.data.synth_svhn import GENERATOR_VERSION
+from engine.device import pick_device
 from engine.errors import CheckpointError, ConfigError
 from engine.options import add_device_arg
 
@@ -132,19 +137,12 @@ def _load(name: str, path: Path, device: torch.device) -> DigitCNN:
     return clf.to(device).eval()
 
 
-def _generator_version() -> int:
-    from engine.data.synth_svhn import GENERATOR_VERSION
-
-    return GENERATOR_VERSION
-
-
 def _folder_for(source: str) -> Path:
     """Shipped folder for the offline default (when its files fit this engine), else the cache."""
     if source == "offline" and (SHIPPED_DIR / "offline.json").is_file():
         meta = json.loads((SHIPPED_DIR / "offline.json").read_text())
-        if meta.get("svhn_generator_version") == _generator_version():
+        if meta.get("svhn_generator_version") == GENERATOR_VERSION:
             return SHIPPED_DIR
-    from engine.data.cache import cache_dir
 
     return cache_dir() / "classifiers"
 
@@ -152,11 +150,8 @@ def _folder_for(source: str) -> Path:
 def train_and_save(source: str, out: Path, device: torch.device, root: str | None = None,
                    download: bool = False, progress: bool = True, command: str | None = None) -> dict:
     """Train both classifiers on ``source``'s train splits and write ``<name>-<source>.pt`` + ``<source>.json``."""
-    from engine.data.mnist import load_mnist
-    from engine.data.svhn import load_svhn
-
     loaders = {"mnist": load_mnist, "svhn": load_svhn}
-    meta = {"source": source, "svhn_generator_version": _generator_version(),
+    meta = {"source": source, "svhn_generator_version": GENERATOR_VERSION,
             "command": command or f"python -m engine.metrics.classifiers --source {source} --out {out}"}
     for name in NAMES:
         train = loaders[name]("train", source, root, download)
@@ -174,8 +169,6 @@ def get_classifiers(data_cfg: DataConfig, device: torch.device | str = "cpu", pr
 
     ``info`` holds per-modality test accuracy, training seconds and the folder the weights came from.
     """
-    from engine.device import pick_device
-
     if data_cfg.dataset != "mnist-svhn":
         raise ConfigError(f"digit classifiers exist for mnist-svhn only, not {data_cfg.dataset!r}")
     device = pick_device(device) if isinstance(device, str) else device
@@ -202,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for <name>-<source>.pt and <source>.json")
     add_device_arg(p)
     a = p.parse_args(argv)
-    from engine.device import pick_device
 
     cmd = f"python -m engine.metrics.classifiers --source {a.source} --out {a.out}"
     meta = train_and_save(a.source, Path(a.out), pick_device(a.device), a.data_root, a.download, command=cmd)

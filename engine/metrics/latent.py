@@ -26,6 +26,7 @@ def encode_samples(model, m: int, x: torch.Tensor, batch_size: int = 1000,
 def linear_accuracy(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray, y_test: np.ndarray,
                     max_iter: int = 1000) -> float:
     """Fit LogisticRegression on (z_train, y_train); accuracy on (z_test, y_test), in [0, 1]."""
+    # scikit-learn takes ~2 s to import: only latent accuracy needs it
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

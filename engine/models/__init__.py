@@ -12,9 +12,7 @@ def build_model(dataset: str, family: str, latent_dim: int = 20, learn_prior: bo
                 alpha: float = 0.01, vocab_size: int = 0, feature_dim: int = 0) -> MultimodalVAE:
     """A model of the given family over the dataset's modalities."""
     mods = build_modalities(dataset, latent_dim, vocab_size, feature_dim)
-    if family == "jmvae":
-        return JMVAE(mods, latent_dim, learn_prior, alpha)
-    return MODEL_CLASSES[family](mods, latent_dim, learn_prior)
+    return MODEL_CLASSES[family].from_settings(mods, latent_dim, learn_prior, alpha)
 
 
 __all__ = ["Encoded", "MultimodalVAE", "MMVAE", "MVAE", "JMVAE", "MODEL_CLASSES", "build_model"]

