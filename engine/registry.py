@@ -59,8 +59,6 @@ def model_from_config(cfg):
 
     family, _ = parse_variant(cfg.variant)
     m = cfg.model
-    model = build_model(cfg.data.dataset, family, m.latent_dim, m.learn_prior, m.alpha,
-                        m.vocab_size, m.feature_dim)
-    if m.likelihood_weights is not None:
-        model.set_likelihood_weights([float(w) for w in m.likelihood_weights.split(",")])
-    return model
+    weights = None if m.likelihood_weights is None else [float(w) for w in m.likelihood_weights.split(",")]
+    return build_model(cfg.data.dataset, family, m.latent_dim, m.learn_prior, m.alpha,
+                       m.vocab_size, m.feature_dim, weights)
