@@ -21,7 +21,7 @@ from engine.data.cache import cache_dir
 from engine.data.mnist import check_split
 from engine.progress import ProgressArg, reporter
 
-GENERATOR_VERSION = 1        # bump whenever rendering changes, so stale caches are not reused
+GENERATOR_VERSION = 2        # bump whenever rendering changes, so stale caches are not reused
 SIZE = 32                    # output crop side, as in SVHN's cropped-digit format
 SUPER = 2                    # render at SUPER x SIZE, then average-pool down
 ATLAS = 128                  # atlas canvas side (pixels) per glyph
@@ -29,7 +29,6 @@ GLYPH_PX = 80                # font size giving digit heights of roughly 60 px i
 CHUNK = 1024                 # images composed per torch batch (bounds memory, fixes noise order)
 BLUR_TAPS = 9
 N_UNIFORMS = 32              # uniforms drawn per image for its parameters (some spare)
-MIN_CONTRAST = 0.3           # least |luma(fg) - luma(bg)|, luma in [0,1]
 TRAIN_SEED_SALT, TEST_SEED_SALT = 0x5EED_7A11, 0x5EED_7E57
 
 
@@ -67,24 +66,47 @@ def glyph_atlas() -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
+# Colour model, calibrated on real SVHN train crops (reports/diagnosis/README.md, "Real SVHN"):
+# about four in five show a dark digit on a light, nearly grey background (walls, white or beige
+# plates); the rest a light digit on a dark background, most often a saturated blue plate.
+DARK_DIGIT_P = 0.78          # share of crops with the digit darker than its background
+BLUE_PLATE_P = 0.6           # share of light-digit crops whose background is a blue plate
+CONTRAST = (0.12, 0.5)       # |luma(digit) - luma(background)|, drawn uniformly
+BLUE_HUE = (0.55, 0.67)      # hue range of blue plates (HSV hue in [0,1])
 
-def _contrasting_colours(fg: np.ndarray, bg: np.ndarray, sat_fg: np.ndarray, sat_bg: np.ndarray,
-                         min_dl: float) -> tuple[np.ndarray, np.ndarray]:
-    """Desaturate two RGB colours (luma-preserving), then push fg towards black or white
-    just far enough that its luma differs from bg's by at least ``min_dl``.
+
+def _hue_rgb(h: np.ndarray) -> np.ndarray:
+    """Fully saturated RGB colours (n,3) for HSV hues ``h`` in [0,1]."""
+    k = (h[:, None] * 6 + np.array([5.0, 3.0, 1.0])) % 6
+    return 1 - np.clip(np.minimum(k, 4 - k), 0, 1)
+
+
+def _colour(luma: np.ndarray, hue: np.ndarray, sat: np.ndarray) -> np.ndarray:
+    """RGB colours with the given luma and a ``sat`` share of the hue's chroma, clipped to [0,1]."""
+    h = _hue_rgb(hue)
+    return np.clip(luma[:, None] + sat[:, None] * (h - (h @ LUMA)[:, None]), 0.0, 1.0)
+
+
+def _house_colours(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Digit and background colours (n,3) from 8 uniforms a row, following the colour model above.
 
     Closed form per image (no rejection loop), so each image uses a fixed count of uniforms
     and a seed's first k images do not depend on how many are rendered.
     """
-    lf, lb = fg @ LUMA, bg @ LUMA
-    fg = lf[:, None] + sat_fg[:, None] * (fg - lf[:, None])
-    bg = lb[:, None] + sat_bg[:, None] * (bg - lb[:, None])
-    up_ok, down_ok = lb + min_dl <= 1.0, lb - min_dl >= 0.0
-    go_up = np.where(lf >= lb, up_ok, ~down_ok)
-    target_l = np.where(go_up, np.maximum(lf, lb + min_dl), np.minimum(lf, lb - min_dl))
-    end = np.where(go_up, 1.0, 0.0)
-    t = np.clip((target_l - lf) / np.where(np.abs(end - lf) > 1e-9, end - lf, 1.0), 0.0, 1.0)
-    return fg + t[:, None] * (end[:, None] - fg), bg
+    dark_digit, plate = u[:, 0] < DARK_DIGIT_P, u[:, 1] < BLUE_PLATE_P
+    contrast = CONTRAST[0] + (CONTRAST[1] - CONTRAST[0]) * u[:, 2]
+    # dark digit: light greyish background, darker digit with a little colour (ink, metal, paint)
+    light_bg_l = 0.35 + 0.5 * u[:, 3]
+    dark_fg_l = np.maximum(light_bg_l - contrast, 0.03)
+    # light digit: a blue plate or a dark grey/brown surface, a nearly white digit
+    dark_bg_l = np.where(plate, 0.12 + 0.33 * u[:, 3], 0.06 + 0.34 * u[:, 3])
+    light_fg_l = np.minimum(dark_bg_l + contrast + 0.1, 0.97)
+    bg_hue = np.where(dark_digit | ~plate, u[:, 4], BLUE_HUE[0] + (BLUE_HUE[1] - BLUE_HUE[0]) * u[:, 4])
+    bg_sat = np.where(dark_digit, 0.15 * u[:, 5] ** 2, np.where(plate, 0.3 + 0.3 * u[:, 5], 0.15 * u[:, 5] ** 2))
+    fg_sat = np.where(dark_digit, 0.4 * u[:, 6] ** 2, 0.15 * u[:, 6] ** 2)
+    bg = _colour(np.where(dark_digit, light_bg_l, dark_bg_l), bg_hue, bg_sat)
+    fg = _colour(np.where(dark_digit, dark_fg_l, light_fg_l), u[:, 7], fg_sat)
+    return fg, bg
 
 
 def _affines(centre_x: np.ndarray, half_h: np.ndarray, height: np.ndarray,
@@ -138,15 +160,14 @@ def _draw_params(u: np.ndarray, half_w: np.ndarray, half_h: np.ndarray) -> dict[
     p["rot"] = np.deg2rad(lo_hi(-15.0, 15.0))
     p["shift"] = np.stack([lo_hi(-0.1, 0.1), lo_hi(-0.08, 0.08)], 1)
     p["gap"] = lo_hi(0.04, 0.22)
-    fg, bg = np.stack([next(c) for _ in range(3)], 1), np.stack([next(c) for _ in range(3)], 1)
-    p["fg"], p["bg"] = _contrasting_colours(fg, bg, lo_hi(0.1, 1.0), lo_hi(0.0, 1.0), MIN_CONTRAST)
+    p["fg"], p["bg"] = _house_colours(np.stack([next(c) for _ in range(8)], 1))
     p["grad_on"] = next(c) < 0.35
     p["grad_dir"] = lo_hi(0.0, 2 * math.pi)
     p["grad_amp"] = lo_hi(0.05, 0.2) * np.where(next(c) < 0.5, -1.0, 1.0)
     p["tex_on"] = next(c) < 0.25
     p["tex_amp"] = lo_hi(0.03, 0.1)
-    p["blur"] = lo_hi(0.3, 1.6)
-    p["noise"] = lo_hi(0.005, 0.045)
+    p["blur"] = lo_hi(0.5, 2.0)
+    p["noise"] = lo_hi(0.005, 0.03)
     g = p["font"] * 10
     scale = p["height"] * p["stretch"] / half_h[p["font"]]
     width = half_w[g + p["label"]] * scale
