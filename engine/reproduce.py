@@ -6,7 +6,8 @@
 
 - ``report.md``: header (git commit, machine, wall time, preset and what it cuts), Table 1, the paper's
   findings checked on it, ablation table; ``invocations.jsonl`` records each sitting's wall time;
-- ``table1.csv``: mean and std over seeds per fraction x variant and metric (percent);
+- ``table1.csv``: mean and std over seeds per fraction x variant and metric (percent), and the paper's
+  number (``<metric> paper``, PAPER_TABLE1; report.md shows it in parentheses after ours);
 - ``figure6.html``: metrics against data fraction (plotly, offline: ``plotly.min.js`` beside it, shared by
   the figures; ``figure6.png`` too if kaleido is installed; ``redraw_figures`` redraws them from the CSVs);
 - ``ablation.csv`` and ``figure11.html`` (with ``--ablation``): cI-MMVAE metrics against gamma.
@@ -51,6 +52,29 @@ COLUMNS = [("latent_accuracy", "mnist", "Latent acc. M"), ("latent_accuracy", "s
            ("cross_coherence", "svhn_to_mnist", "Cross S→M"), ("cross_coherence", "mnist_to_svhn", "Cross M→S"),
            ("synergy_coherence", "joint_to_mnist", "Synergy joint→M"),
            ("synergy_coherence", "joint_to_svhn", "Synergy joint→S")]
+# The paper's Table 1 (Shi et al., ICLR 2021, means over 5 runs, full settings: K = 30, 30 partners per
+# digit, GPU): (fraction, variant) -> Table 1 column -> percent; None where the paper has none ("—").
+PAPER_TABLE1: dict[tuple[float, str], dict[str, float | None]] = {
+    key: dict(zip([h for _, _, h in COLUMNS], vals)) for key, vals in {
+    # latent acc. M, latent acc. S, joint coherence, cross S→M, cross M→S, synergy joint→M, synergy joint→S
+    (1.0, "MMVAE"): (92.48, 79.03, 42.32, 70.77, 85.50, None, None),
+    (1.0, "cI-MMVAE"): (93.97, 81.87, 43.94, 79.66, 92.67, None, None),
+    (1.0, "cC-MMVAE"): (93.10, 80.88, 45.46, 79.34, 92.35, None, None),
+    (1.0, "MVAE"): (91.65, 64.12, 9.42, 10.98, 21.88, 64.60, 52.91),
+    (1.0, "cI-MVAE"): (96.97, 75.94, 15.23, 10.85, 27.70, 85.07, 75.67),
+    (1.0, "cC-MVAE"): (97.42, 81.07, 8.85, 12.83, 30.03, 75.25, 69.42),
+    (1.0, "JMVAE"): (84.45, 57.98, 42.18, 49.63, 54.98, 85.77, 68.15),
+    (1.0, "cI-JMVAE"): (84.58, 64.42, 48.95, 58.16, 70.61, 93.45, 84.00),
+    (1.0, "cC-JMVAE"): (83.67, 66.64, 47.27, 59.73, 69.49, 91.21, 84.07),
+    (0.2, "MMVAE"): (88.54, 68.90, 37.71, 59.52, 76.33, None, None),
+    (0.2, "cI-MMVAE"): (91.64, 73.02, 42.74, 69.51, 86.75, None, None),
+    (0.2, "cC-MMVAE"): (92.10, 71.29, 40.77, 68.43, 86.24, None, None),
+    (0.2, "MVAE"): (90.29, 33.44, 10.88, 8.72, 12.12, 42.10, 44.95),
+    (0.2, "cI-MVAE"): (93.72, 56.74, 12.79, 14.18, 20.23, 75.36, 64.81),
+    (0.2, "cC-MVAE"): (92.74, 52.99, 17.95, 14.70, 24.90, 56.86, 54.28),
+    (0.2, "JMVAE"): (77.53, 52.55, 26.37, 42.58, 41.44, 85.07, 51.95),
+    (0.2, "cI-JMVAE"): (77.57, 57.91, 32.58, 51.85, 47.92, 92.54, 67.01),
+    (0.2, "cC-JMVAE"): (81.11, 57.85, 34.00, 50.73, 56.89, 88.36, 68.49)}.items()}
 ABLATION_GAMMAS = (1.0, 1.1, 2.0, 5.0, 10.0, math.inf)
 ABLATION_VARIANT = "cI-MMVAE"
 
@@ -217,24 +241,47 @@ def key_text(k) -> str:
     return "inf" if math.isinf(k) else f"{k:g}"
 
 
-def markdown_table(rows: list[dict], key_names: list[str], key_fmt: Callable[[tuple], list[str]]) -> str:
+def paper_row(key: tuple) -> dict[str, float | None]:
+    """The paper's Table 1 row (column -> percent) for a (fraction, variant) key; {} where it has none
+    (another fraction, or a key that is not a Table 1 row)."""
+    if len(key) != 2 or isinstance(key[0], str):
+        return {}
+    return PAPER_TABLE1.get((round(float(key[0]), 6), key[1]), {})
+
+
+def _with_paper(text: str, paper: float | None) -> str:
+    """A cell as ``ours (paper)``; ours alone where the paper has no number."""
+    return text if paper is None else f"{text} ({paper:.2f})"
+
+
+def markdown_table(rows: list[dict], key_names: list[str], key_fmt: Callable[[tuple], list[str]],
+                   paper: Callable[[tuple], dict] | None = None) -> str:
+    """Markdown of ``rows``; with ``paper`` (key -> column -> percent, e.g. paper_row) each cell also
+    shows the paper's number in parentheses after ours."""
     heads = [h for _, _, h in COLUMNS]
     lines = ["| " + " | ".join(key_names + ["seeds"] + heads) + " |",
              "|" + "---|" * (len(key_names) + 1 + len(heads))]
     for r in rows:
-        lines.append("| " + " | ".join(key_fmt(r["key"]) + [str(r["n_seeds"])] + [_fmt(r[h], r["n_seeds"]) for h in heads]) + " |")
+        ref = paper(r["key"]) if paper else {}
+        cells = [_with_paper(_fmt(r[h], r["n_seeds"]), ref.get(h)) for h in heads]
+        lines.append("| " + " | ".join(key_fmt(r["key"]) + [str(r["n_seeds"])] + cells) + " |")
     return "\n".join(lines)
 
 
-def csv_text(rows: list[dict], key_names: list[str]) -> str:
+def csv_text(rows: list[dict], key_names: list[str], paper: Callable[[tuple], dict] | None = None) -> str:
+    """CSV of ``rows``: keys, n_seeds, mean and std per column; with ``paper`` (as for markdown_table)
+    a ``<column> paper`` column per Table 1 column after those (empty where the paper has none)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     heads = [h for _, _, h in COLUMNS]
-    w.writerow(key_names + ["n_seeds"] + [f"{h} {s}" for h in heads for s in ("mean", "std")])
+    w.writerow(key_names + ["n_seeds"] + [f"{h} {s}" for h in heads for s in ("mean", "std")]
+               + ([f"{h} paper" for h in heads] if paper else []))
     for r in rows:
         vals = [x for h in heads for x in ((round(r[h][0], 4), round(r[h][1], 4) if r["n_seeds"] > 1 else "")
                                            if r[h] is not None else ("", ""))]
-        w.writerow([key_text(k) for k in r["key"]] + [r["n_seeds"]] + vals)
+        ref = paper(r["key"]) if paper else None
+        extra = [] if ref is None else ["" if ref.get(h) is None else ref[h] for h in heads]
+        w.writerow([key_text(k) for k in r["key"]] + [r["n_seeds"]] + vals + extra)
     return buf.getvalue()
 
 
@@ -418,7 +465,7 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
     files: dict[str, Path] = {}
     rows = aggregate(main, lambda c: (c.fraction, c.variant))
     keys = ["Data", "Methods"]
-    (out / "table1.csv").write_text(csv_text(rows, ["fraction", "variant"]))
+    (out / "table1.csv").write_text(csv_text(rows, ["fraction", "variant"], paper_row))
     files["table1.csv"] = out / "table1.csv"
     if rows:
         fig = figure(rows, lambda k: 100 * k[0], lambda k: k[1], "data used (%)", "Figure 6: metrics against data fraction")
@@ -442,8 +489,11 @@ def write_report(out: Path, preset: Preset, main: list[tuple[Cell, dict]], abl: 
                       + ", ".join(f"{k} {100 * v:.2f}%" for k, v in classifier_acc.items()))
     header += ["", f"Preset notes: {' '.join(preset.notes.split())}", "",
                "## Table 1: MNIST(M)-SVHN(S), mean (±std) over seeds (the mean alone for one seed), %", "",
-               markdown_table(rows, keys, lambda k: [f"{100 * k[0]:g}%", k[1]]), "",
+               markdown_table(rows, keys, lambda k: [f"{100 * k[0]:g}%", k[1]], paper_row), "",
                "— : not applicable (synergy coherence of MMVAE variants, paper §4.3).", "",
+               "(x) after a cell: the paper's number (its Table 1: mean over 5 runs at the paper's full "
+               "settings, K=30, N=5, 30 partners per digit, on a GPU), a reference for scale, not a target "
+               "for a cut-down grid; a cell the paper has no number for shows ours alone.", "",
                "Figure 6: [figure6.html](figure6.html)", "",
                *(["Diverged runs (last held-out IWAE more than twice as bad as the best; their numbers are "
                   "in the tables as they are): " + "; ".join(f"{k} (best {b:,.0f}, last {la:.3g})"
@@ -599,4 +649,4 @@ def run_reproduce(a: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Preset", "PRESETS", "paper_preset", "cpu_preset", "reproduce", "grid", "aggregate", "write_report"]
+__all__ = ["Preset", "PRESETS", "PAPER_TABLE1", "paper_preset", "cpu_preset", "reproduce", "grid", "aggregate", "write_report"]

@@ -1,4 +1,5 @@
 """evaluate / generate / reproduce on tiny trained runs (few steps, tiny sample counts)."""
+import csv
 import json
 import math
 
@@ -250,6 +251,43 @@ def test_tables_show_a_spread_only_over_several_seeds():
     assert "| 100% | MMVAE | 2 | 60.00 (±14.14) |" in md[2] and "| 100% | MVAE | 1 | 40.00 | 40.00 | — |" in md[3]
     csv_rows = csv_text(rows, ["fraction", "variant"]).splitlines()
     assert csv_rows[1].startswith("1,MMVAE,2,60.0,14.1421,") and csv_rows[2].startswith("1,MVAE,1,40.0,,40.0,,")
+
+
+def test_table1_shows_the_papers_number_beside_ours(tmp_path):
+    from engine import reproduce as R
+
+    def m(m_to_s):
+        return {"latent_accuracy": {"mnist": 0.5, "svhn": 0.25},
+                "cross_coherence": {"svhn_to_mnist": 0.4, "mnist_to_svhn": m_to_s}}
+
+    main = [(R.Cell("MMVAE", 1.0, 0, 2.0), m(0.67)), (R.Cell("MMVAE", 0.1, 0, 2.0), m(0.33))]
+    report = R.write_report(tmp_path, R.PRESETS["cpu"](), main, [], 1.0, 0, 0, None)["report.md"].read_text()
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[4:-1]]
+             for line in report.splitlines() if line.startswith("| 100% | MMVAE") or line.startswith("| 10% | MMVAE")}
+    # 100% MMVAE: the paper's Table 1 (latent acc. 92.48 / 79.03, cross 70.77 / 85.50) beside ours; joint
+    # coherence (ours not measured) is a dash with the paper's 42.32; synergy is not applicable for MMVAE
+    assert lines["100%"] == ["50.00 (92.48)", "25.00 (79.03)", "— (42.32)", "40.00 (70.77)", "67.00 (85.50)",
+                             "—", "—"]
+    # 10% is not a fraction of the paper's table: ours alone
+    assert lines["10%"] == ["50.00", "25.00", "—", "40.00", "33.00", "—", "—"]
+    assert "the paper's number (its Table 1" in report
+    # the CSV keeps its columns and adds the paper's after them; the figures read it back unchanged
+    text = (tmp_path / "table1.csv").read_text()
+    head, full, tenth = list(csv.reader(text.splitlines()))
+    assert head[:17] == ["fraction", "variant", "n_seeds"] + [f"{h} {s}" for _, _, h in R.COLUMNS for s in ("mean", "std")]
+    assert head[17:] == [f"{h} paper" for _, _, h in R.COLUMNS]
+    assert full[:2] == ["1", "MMVAE"] and full[17:] == ["92.48", "79.03", "42.32", "70.77", "85.5", "", ""]
+    assert tenth[:2] == ["0.1", "MMVAE"] and tenth[17:] == [""] * 7
+    assert R.rows_from_csv(text, 2) == R.aggregate(main, lambda c: (c.fraction, c.variant))
+    # the paper's row is looked up by value, whatever float the fraction was parsed to
+    assert R.paper_row((0.2, "cC-JMVAE"))["Synergy joint→S"] == 68.49 and R.paper_row((0.5, "MMVAE")) == {}
+    assert R.paper_row((math.inf,)) == {}
+    # every Table 1 row of the paper is there; only the MMVAE variants' synergy coherence is missing ("—")
+    from engine.registry import VARIANTS
+
+    assert set(R.PAPER_TABLE1) == {(f, v) for f in (1.0, 0.2) for v in VARIANTS}
+    assert all((v is None) == (h.startswith("Synergy") and key[1].endswith("MMVAE"))
+               for key, row in R.PAPER_TABLE1.items() for h, v in row.items())
 
 
 def test_report_lists_diverged_runs(tmp_path):
