@@ -84,6 +84,11 @@ class Job:
                    float(d.get("started", 0.0)))
 
 
+def default_looser(dataset: str) -> bool:
+    """The engine's default for the looser bound of an MMVAE variant on ``dataset`` (the Train form's start)."""
+    return resolve(overrides={"variant": "MMVAE"}, dataset=dataset).objective.looser
+
+
 def train_config(model: str, dataset: str, data_fraction: float, epochs: int, max_steps: int | None, K: int,
                  N: int, gamma: float, batch_size: int, device: str = "auto", source: str = "offline",
                  data_root: str | None = None, looser: bool = False) -> RunConfig:

@@ -146,6 +146,7 @@ def test_start_writes_the_config_before_the_trainer_starts(tmp_path):
 
 @pytest.mark.parametrize("model,expected", [("cI-MMVAE", True), ("MMVAE", True), ("cC-MVAE", False), ("JMVAE", False)])
 def test_train_config_asks_for_the_looser_bound_only_for_mmvae(model, expected):
+    assert jobs.default_looser("mnist-svhn") and jobs.default_looser("cub-synthetic")
     assert jobs.train_config(model, "cub-synthetic", 1.0, 1, None, 2, 1, 2.0, 8, looser=True).objective.looser is expected
     assert not jobs.train_config(model, "cub-synthetic", 1.0, 1, None, 2, 1, 2.0, 8, looser=False).objective.looser
 

@@ -46,11 +46,13 @@ if allowed:
         gamma = c9.number_input("gamma", 0.01, 1000.0, 2.0, step=0.5, key="tr_gamma",
                                 help="Weight of the joint term in eq. (4); only the contrastive (c*) variants use it.")
         batch = c10.number_input("Batch size", 2, 4096, 128, key="tr_batch")
-        looser = st.checkbox("Looser stratified bound (MMVAE variants)", value=dataset != "mnist-svhn",
+        looser = st.checkbox("Looser stratified bound (MMVAE variants)", value=jobs.default_looser(dataset),
                              key=f"tr_looser_{dataset}",
-                             help="Average each expert's own IWAE instead of one IWAE over both experts' samples. "
-                                  "On CUB the tight bound lets the image expert take all the gradient and the "
-                                  "caption expert collapses. MVAE and JMVAE have no mixture and ignore this.")
+                             help="Average each expert's own IWAE instead of one IWAE over both experts' samples "
+                                  "(the engine's default for MMVAE variants). With one IWAE over all samples one "
+                                  "expert takes all the gradient and the other collapses (the caption expert on "
+                                  "CUB, the MNIST expert of cI-/cC-MMVAE on MNIST-SVHN). MVAE and JMVAE have no "
+                                  "mixture and ignore this.")
         submitted = st.form_submit_button("Start training", type="primary")
 
     if submitted:
