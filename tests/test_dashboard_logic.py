@@ -124,7 +124,7 @@ def test_train_argv_trains_the_config_file_of_the_run(tmp_path):
     assert not {"--model", "--max-steps", "--K", "--negatives"} & set(argv)       # the settings are in the file
     cfg = jobs.train_config("cI-MMVAE", "mnist-svhn", 0.1, 2, 50, 4, 3, 2.0, 16)
     assert (cfg.variant, cfg.objective.K, cfg.objective.N, cfg.train.max_steps, cfg.data.data_fraction,
-            cfg.train.epochs, cfg.train.batch_size, cfg.objective.looser) == ("cI-MMVAE", 4, 3, 50, 0.1, 2, 16, False)
+            cfg.train.epochs, cfg.train.batch_size, cfg.objective.looser) == ("cI-MMVAE", 4, 3, 50, 0.1, 2, 16, True)
     assert jobs.train_config("MMVAE", "mnist-svhn", 1.0, 1, None, 1, 1, 2.0, 8).train.max_steps is None
     (tmp_path / "r").mkdir()
     cfg.save(tmp_path / "r" / "config.json")
