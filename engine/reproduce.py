@@ -129,7 +129,8 @@ def paper_preset() -> Preset:
 
 def cpu_preset() -> Preset:
     """Sized for a 2-core CPU (two workers): the 100%/20% x nine-variant grid with one seed (18 runs) in
-    under an hour, ~3,000 optimiser steps of batch 32 per run in bf16 (the shipped recipe's precision), MMVAE
+    about two hours with two workers (the cI-/cC-MVAE cells cost most: they decode every negative pair's
+    joint posterior anew), ~3,000 optimiser steps of batch 32 per run in bf16 (the shipped recipe's precision), MMVAE
     variants with the looser bound (the engine's default, Shi et al. 2019's setting). Cuts
     against the paper preset: K = 30 -> 2 importance samples (the fewest at which CUBO and IWAE differ),
     N = 5 -> 2 negatives, dm = 30 -> 5 partners per digit, batch 128 -> 32, 30 epochs -> 3000 optimiser
