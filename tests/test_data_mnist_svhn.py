@@ -123,10 +123,9 @@ def test_render_matches_real_svhn_colour_statistics(rendered):
     assert np.median(((hi - lo) / np.maximum(hi, 1e-3)).mean((1, 2))) < 0.25   # real 0.16; first 0.37
     _, half_w, half_h = synth_svhn.glyph_atlas()
     p = synth_svhn._draw_params(np.random.default_rng(0).random((4000, synth_svhn.N_UNIFORMS)), half_w, half_h)
-    luma = np.array([0.299, 0.587, 0.114])
-    dark = p["fg"] @ luma < p["bg"] @ luma
+    dark = p["fg"] @ synth_svhn.LUMA < p["bg"] @ synth_svhn.LUMA
     assert abs(dark.mean() - synth_svhn.DARK_DIGIT_P) < 0.03
-    contrast = np.abs(p["fg"] @ luma - p["bg"] @ luma)
+    contrast = np.abs(p["fg"] @ synth_svhn.LUMA - p["bg"] @ synth_svhn.LUMA)
     assert contrast.min() > 0.1 and np.median(contrast) > 0.25
     bluish = p["bg"][:, 2] > p["bg"][:, :2].max(1) + 0.1
     assert bluish[~dark].mean() > 0.4 and bluish[dark].mean() < 0.05

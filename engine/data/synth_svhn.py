@@ -101,8 +101,9 @@ def _house_colours(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # light digit: a blue plate or a dark grey/brown surface, a nearly white digit
     dark_bg_l = np.where(plate, 0.12 + 0.33 * u[:, 3], 0.06 + 0.34 * u[:, 3])
     light_fg_l = np.minimum(dark_bg_l + contrast + 0.1, 0.97)
-    bg_hue = np.where(dark_digit | ~plate, u[:, 4], BLUE_HUE[0] + (BLUE_HUE[1] - BLUE_HUE[0]) * u[:, 4])
-    bg_sat = np.where(dark_digit, 0.15 * u[:, 5] ** 2, np.where(plate, 0.3 + 0.3 * u[:, 5], 0.15 * u[:, 5] ** 2))
+    blue = ~dark_digit & plate
+    bg_hue = np.where(blue, BLUE_HUE[0] + (BLUE_HUE[1] - BLUE_HUE[0]) * u[:, 4], u[:, 4])
+    bg_sat = np.where(blue, 0.3 + 0.3 * u[:, 5], 0.15 * u[:, 5] ** 2)
     fg_sat = np.where(dark_digit, 0.4 * u[:, 6] ** 2, 0.15 * u[:, 6] ** 2)
     bg = _colour(np.where(dark_digit, light_bg_l, dark_bg_l), bg_hue, bg_sat)
     fg = _colour(np.where(dark_digit, dark_fg_l, light_fg_l), u[:, 7], fg_sat)

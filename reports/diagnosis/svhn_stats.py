@@ -32,9 +32,14 @@ def _percentiles(v: np.ndarray) -> list[float]:
     return [round(float(p), 3) for p in np.percentile(v, [10, 50, 90])]
 
 
+def _unit(images: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1] from uint8 or float images."""
+    return images.astype(np.float32) / 255 if images.dtype == np.uint8 else images.astype(np.float32)
+
+
 def colour_statistics(images: np.ndarray) -> dict:
     """``images`` (n, 32, 32, 3) uint8 or float in [0, 1], channels last."""
-    x = images.astype(np.float32) / 255 if images.dtype == np.uint8 else images.astype(np.float32)
+    x = _unit(images)
     n = len(x)
     luma = x @ LUMA
     pooled = np.corrcoef(x.reshape(-1, 3)[:200_000].T)[np.triu_indices(3, 1)].mean()
@@ -58,7 +63,7 @@ def colour_statistics(images: np.ndarray) -> dict:
 
 def class_medians(images: np.ndarray, labels: np.ndarray, svhn_clf) -> dict:
     """Read the per-pixel median crop of each digit with ``svhn_clf``."""
-    x = images.astype(np.float32) / 255 if images.dtype == np.uint8 else images
+    x = _unit(images)
     X = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     medians = torch.stack([X[torch.from_numpy(labels == d)].median(0).values for d in range(10)])
     with torch.no_grad():
