@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from engine.models.pairwise_l1 import pairwise_l1
+
 LOG2 = math.log(2.0)
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 DISTRIBUTIONS = ("laplace", "normal")
@@ -40,6 +42,14 @@ def log_prob(dist: str, loc: torch.Tensor, scale: torch.Tensor, x: torch.Tensor)
     if dist == "normal":
         return -0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - HALF_LOG_2PI
     raise ValueError(f"unknown distribution {dist!r}; choose from {DISTRIBUTIONS}")
+
+
+def pairwise_log_prob(dist: str, loc: torch.Tensor, scale: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """(A, N) log-density of posterior j (``loc``, ``scale``: (N, L)) at latent i (``z``: (A, L)),
+    summed over L, without an (A, N, L) temporary for Laplace (a weighted all-pairs L1 kernel)."""
+    if dist == "laplace":
+        return -pairwise_l1(z, loc, scale.reciprocal()) - torch.log(2.0 * scale).sum(-1)
+    return log_prob(dist, loc, scale, z.unsqueeze(1)).sum(-1)
 
 
 def combine_noise(dist: str, parts: list[torch.Tensor]) -> torch.Tensor:

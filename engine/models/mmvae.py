@@ -137,7 +137,7 @@ class MMVAE(MultimodalVAE):
                 own = self.log_prior(zc) + self.loglik(s, self.mods[s].decode(zc), xs[s][items], scaled)
                 ll = self.mods[o].pairwise_log_likelihood(self.mods[o].decode(zc), xs[o])
                 ll = ll * self.llik_scaling[o] if scaled else ll
-                lq_other = D.log_prob(self.posterior_family, lo, so, zc.unsqueeze(1)).sum(-1)   # (rows, n_o)
+                lq_other = D.pairwise_log_prob(self.posterior_family, lo, so, zc)              # (rows, n_o)
                 lq = torch.stack(torch.broadcast_tensors(lq_own[a:a + rows, None], lq_other))
                 pieces.append(own[:, None] + ll - D.mixture_log_prob(lq))
             lw = torch.cat(pieces).view(K, n_s, n_o)

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.models.distributions import l1_distance
+from engine.models.pairwise_l1 import pairwise_l1
 from engine.models.upconv import UpConv2d
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -112,8 +113,8 @@ class LaplaceModality(Modality):
         return -diff / self.scale - self.n_dims * math.log(2.0 * self.scale)
 
     def pairwise_log_likelihood(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """All-pairs L1 distances in one ``torch.cdist(p=1)`` call (no (A, N, D) temporary)."""
-        diff = torch.cdist(params.flatten(1).unsqueeze(0), x.flatten(1).to(params.dtype).unsqueeze(0), p=1)[0]
+        """All-pairs L1 distances in one kernel call (``pairwise_l1``: no (A, N, D) temporary)."""
+        diff = pairwise_l1(params.flatten(1), x.flatten(1).to(params.dtype))
         return -diff / self.scale - self.n_dims * math.log(2.0 * self.scale)
 
 
