@@ -9,7 +9,9 @@ __version__ = "0.1.0"
 def load(path: str | Path, device: str = "auto"):
     """Rebuild a trained model from its checkpoint alone (a run directory or checkpoint.pt).
 
-    Returns the model in eval mode, on the chosen device, with ``model.config`` (RunConfig) set.
+    Returns the model in eval mode, on the chosen device, with ``model.config`` (RunConfig) and
+    ``model.trained_step`` (the training step of these weights; best.pt is often an earlier step
+    than the run's last) set.
     Truncated, foreign-version or mismatched checkpoints raise CheckpointError.
     """
     # Imported here: every ``import engine.<module>`` runs this file, which stays torch-free.
@@ -24,4 +26,5 @@ def load(path: str | Path, device: str = "auto"):
     load_state(model, {k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()}, p)
     model.config = cfg
     model.source_path = p
+    model.trained_step = ck.get("step")
     return model.to(pick_device(device)).eval()

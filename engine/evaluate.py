@@ -121,6 +121,11 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
              data=None) -> dict:
     """Evaluate the run in ``run_dir`` and write ``metrics.json`` there; returns the metrics dict.
 
+    ``run_dir`` may also be a checkpoint file: its metrics go beside it (``checkpoint.pt`` ->
+    ``checkpoint.metrics.json``), so a run's own metrics.json is never overwritten by another
+    checkpoint's. ``train`` gives the run's last step and ``weights_step``, the step of the weights
+    evaluated (a run directory resolves to best.pt, often an earlier step).
+
     ``classifiers`` (mnist_clf, svhn_clf, info) and ``data`` may be passed in to skip loading them
     (tests, the reproduce grid); by default they come from ``get_classifiers`` and the run's config.
     CUB runs call ``engine.metrics.cca.evaluate_cub`` and add ``retrieval``
@@ -147,12 +152,13 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
     align_idx = test_subset(len(data.test), min(ALIGNMENT_PAIRS, test_pairs or ALIGNMENT_PAIRS))
     result["alignment"] = expert_alignment(model, data.test.batch(align_idx)[0],
                                            torch.Generator(device=model.device).manual_seed(seed))
-    epochs = read_metrics(run_dir)
-    trained = {"steps": epochs[-1]["step"] if epochs else None,
+    epochs = read_metrics(run_dir.parent if run_dir.is_file() else run_dir)
+    trained = {"steps": epochs[-1]["step"] if epochs else None, "weights_step": model.trained_step,
                "seconds": round(sum(e.get("seconds", 0.0) for e in epochs), 1)}
     result = {"variant": cfg.variant, "dataset": cfg.data.dataset, "data_fraction": cfg.data.data_fraction,
               "data_sources": dict(data.sources), **result, "train": trained, "seconds": round(time.time() - t0, 1)}
-    atomic_write_text(run_dir / METRICS_NAME, json.dumps(result, indent=2))
+    out = run_dir.with_name(f"{run_dir.stem}.{METRICS_NAME}") if run_dir.is_file() else run_dir / METRICS_NAME
+    atomic_write_text(out, json.dumps(result, indent=2))
     return result
 
 
@@ -192,7 +198,8 @@ def summary(m: dict) -> str:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="paper metrics for a trained run -> RUN_DIR/metrics.json",
+    p = sub.add_parser("evaluate", help="paper metrics for a trained run -> RUN_DIR/metrics.json "
+                       "(a checkpoint file FILE.pt -> FILE.metrics.json beside it)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON (default: a summary)")

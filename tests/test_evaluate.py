@@ -77,6 +77,22 @@ def test_evaluate_cli_prints_json(tiny_run, classifiers, monkeypatch, capsys):
     assert json.loads((run / "metrics.json").read_text()) == printed
 
 
+def test_evaluating_a_checkpoint_file_writes_beside_it_and_names_its_step(tiny_run, classifiers):
+    import torch
+
+    from engine.evaluate import evaluate
+
+    run = tiny_run("MMVAE")
+    ck = run / "checkpoint.pt"
+    step = torch.load(ck, weights_only=True, map_location="cpu")["step"]
+    run_metrics = run / "metrics.json"
+    before = run_metrics.read_text() if run_metrics.exists() else None
+    m = evaluate(ck, classifiers=classifiers, **{**SMALL, "ll_samples": 0})
+    assert json.loads((run / "checkpoint.metrics.json").read_text()) == json.loads(json.dumps(m))
+    assert (run_metrics.read_text() if run_metrics.exists() else None) == before
+    assert m["train"]["weights_step"] == step and m["train"]["steps"] is not None
+
+
 def test_evaluate_missing_run_is_a_clear_error(tmp_path, capsys):
     from engine.cli import main
 
