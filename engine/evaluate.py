@@ -152,12 +152,13 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
     align_idx = test_subset(len(data.test), min(ALIGNMENT_PAIRS, test_pairs or ALIGNMENT_PAIRS))
     result["alignment"] = expert_alignment(model, data.test.batch(align_idx)[0],
                                            torch.Generator(device=model.device).manual_seed(seed))
-    epochs = read_metrics(run_dir.parent if run_dir.is_file() else run_dir)
+    from_file = run_dir.is_file()               # a checkpoint file rather than a run directory
+    epochs = read_metrics(run_dir.parent if from_file else run_dir)
     trained = {"steps": epochs[-1]["step"] if epochs else None, "weights_step": model.trained_step,
                "seconds": round(sum(e.get("seconds", 0.0) for e in epochs), 1)}
     result = {"variant": cfg.variant, "dataset": cfg.data.dataset, "data_fraction": cfg.data.data_fraction,
               "data_sources": dict(data.sources), **result, "train": trained, "seconds": round(time.time() - t0, 1)}
-    out = run_dir.with_name(f"{run_dir.stem}.{METRICS_NAME}") if run_dir.is_file() else run_dir / METRICS_NAME
+    out = run_dir.with_name(f"{run_dir.stem}.{METRICS_NAME}") if from_file else run_dir / METRICS_NAME
     atomic_write_text(out, json.dumps(result, indent=2))
     return result
 

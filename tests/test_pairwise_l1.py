@@ -11,18 +11,23 @@ def reference(a, b, w=None):
     return (terms if w is None else terms * w[None].double()).sum(-1)
 
 
+def on_threads(threads, *args):
+    """pairwise_l1(*args) with torch's thread count set to ``threads`` (its row split follows it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return pairwise_l1(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 5, 13), (33, 17, 3072), (4, 9, 1280)])
 def test_matches_reference(shape, threads):
     A, N, D = shape
     g = torch.Generator().manual_seed(A * N + D)
     a, b = torch.rand(A, D, generator=g), torch.rand(N, D, generator=g)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = pairwise_l1(a, b)
-    finally:
-        torch.set_num_threads(before)
+    out = on_threads(threads, a, b)
     assert out.shape == (A, N) and out.dtype == torch.float32
     torch.testing.assert_close(out.double(), reference(a, b), rtol=1e-5, atol=1e-4)
 
@@ -31,12 +36,7 @@ def test_matches_reference(shape, threads):
 def test_weighted_matches_reference(threads):
     g = torch.Generator().manual_seed(1)
     a, b, w = torch.randn(23, 20, generator=g), torch.randn(9, 20, generator=g), torch.rand(9, 20, generator=g) * 5
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = pairwise_l1(a, b, w)
-    finally:
-        torch.set_num_threads(before)
+    out = on_threads(threads, a, b, w)
     torch.testing.assert_close(out.double(), reference(a, b, w), rtol=1e-5, atol=1e-4)
     a.requires_grad_(True)
     torch.testing.assert_close(pairwise_l1(a, b, w).double(), reference(a, b, w), rtol=1e-5, atol=1e-4)
