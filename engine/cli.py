@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from engine.checkpoints import BEST_NAME, CHECKPOINT_NAME, export_checkpoint, read_checkpoint
-from engine.config import FEATURES, PRESETS, DataConfig, RunConfig, resolve
+from engine.config import FEATURES, PRESETS, DataConfig, RunConfig, preset_settings, resolve
 from engine.data import synth_birds
 from engine.data.cache import cache_dir
 from engine.data.cub import build_cub, ship_test_features
@@ -44,10 +44,13 @@ def given_flags(argv: list[str]) -> list[str]:
     return [d for d in dests if getattr(a, d) is not unset]
 
 
-def given_settings(argv: list[str]) -> dict[str, str]:
-    """The settings the train flags typed in ``argv`` set (dotted name -> flag), defaults left out."""
+def given_settings(argv: list[str], preset: str | None = None) -> dict[str, str]:
+    """The settings the caller chose (dotted name -> how to name it in messages): those of ``preset``,
+    then those the train flags typed in ``argv`` set, defaults left out. On resume these are the
+    settings compared with the run's own, so a changed preset continues a run (checkpoints/make.sh)."""
     table = flag_settings()
-    return {s: "--" + d.replace("_", "-") for d in given_flags(argv) for s in table[d]}
+    chosen = {s: f"--preset {preset} ({s})" for s in preset_settings(preset)}
+    return {**chosen, **{s: "--" + d.replace("_", "-") for d in given_flags(argv) for s in table[d]}}
 
 
 def add_train_parser(sub) -> argparse.ArgumentParser:
@@ -77,7 +80,7 @@ def run_train(a: argparse.Namespace) -> int:
     out = Path(a.out or f"runs/{cfg.variant}-{cfg.data.dataset}-s{cfg.train.seed}")
     try:
         ck = train(cfg, out, resume=a.resume, progress=not a.no_progress, allow_fresh=a.allow_fresh,
-                   given=given_settings(a.argv) if a.resume else None)
+                   given=given_settings(a.argv, a.preset) if a.resume else None)
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return 128 + e.signum

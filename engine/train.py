@@ -243,8 +243,8 @@ class _Run:
     def optimise(self, xs: list[torch.Tensor]) -> dict[str, float] | None:
         """One optimisation step on a batch: its loss terms, or None where the loss is not finite on
         some rank (the step is skipped; TrainingError after ``max_nonfinite`` in a row)."""
-        out = variant_loss(self.model, xs, self.cfg.objective, self.gen, k_chunk=self.cfg.train.k_chunk,
-                           forward=self.forward)
+        objective = self.cfg.objective.at_step(self.step)
+        out = variant_loss(self.model, xs, objective, self.gen, k_chunk=self.cfg.train.k_chunk, forward=self.forward)
         if not _all_finite(out.loss, self.world):
             self.bad_in_row += 1
             self.skipped += 1

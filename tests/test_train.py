@@ -149,6 +149,30 @@ def test_looser_bound_is_refused_where_it_does_not_apply(tmp_path):
     assert (tmp_path / "dreg-looser" / "checkpoint.pt").is_file()
 
 
+def test_tight_after_trains_the_looser_bound_then_the_tight_one(tmp_path, monkeypatch):
+    """--tight-after k: steps 0..k-1 train the looser bound, steps k.. the tight one; it needs the looser
+    bound to switch from, and may be set when resuming."""
+    import engine.train as T
+
+    real, seen = T.variant_loss, []
+
+    def recording(model, xs, obj, *a, **k):
+        seen.append(obj.looser)
+        return real(model, xs, obj, *a, **k)
+
+    monkeypatch.setattr(T, "variant_loss", recording)
+    cfg = tiny_config("cI-MMVAE", max_steps=2)
+    cfg.objective.looser = True
+    train(cfg, tmp_path / "run", progress=False)
+    cfg.objective.tight_after, cfg.train.max_steps = 3, 5
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert seen == [True, True, True, False, False]
+    assert read_checkpoint(tmp_path / "run")["config"]["objective"]["tight_after"] == 3
+    cfg.objective.looser = False
+    with pytest.raises(ConfigError, match="trains the tight bound from the start"):
+        cfg.validate()
+
+
 # --- checkpoints during training, interrupts, divergence, bad input (issue #15) ---------------------------
 
 TINY_FLAGS = ["--model", "cI-MMVAE", "--data-fraction", "0.1", "--dm", "2", "--K", "2", "--negatives", "2",
@@ -270,6 +294,25 @@ def test_resume_refuses_conflicting_flags_and_applies_safe_ones(tiny_run, tmp_pa
     assert "applied --max-steps 4 (was 3)" in capsys.readouterr().err
     ck = read_checkpoint(run / "checkpoint.pt")
     assert ck["step"] == 4 and ck["config"]["objective"]["K"] == 2
+
+
+def test_resume_with_a_changed_preset_applies_it_or_names_the_conflict(tmp_path, capsys, monkeypatch):
+    """checkpoints/make.sh continues its runs with --preset: a preset that now trains longer (or switches
+    to the tight bound) continues the run; one that changes a setting a run cannot change is refused."""
+    import engine.config as C
+
+    run = tmp_path / "r"
+    monkeypatch.setitem(C.PRESETS, "tiny-test", {"train.max_steps": 1})
+    assert main(["train", *TINY_FLAGS, "--preset", "tiny-test", "--out", str(run)]) == 0
+    monkeypatch.setitem(C.PRESETS, "tiny-test", {"train.max_steps": 2, "objective.tight_after": 1})
+    assert main(["train", *TINY_FLAGS, "--preset", "tiny-test", "--resume", "--out", str(run)]) == 0
+    ck = read_checkpoint(run)
+    assert ck["step"] == 2 and ck["config"]["objective"]["tight_after"] == 1
+    monkeypatch.setitem(C.PRESETS, "tiny-test", {"train.max_steps": 3, "train.lr": 0.5})
+    capsys.readouterr()
+    assert main(["train", *TINY_FLAGS, "--preset", "tiny-test", "--resume", "--out", str(run)]) == 2
+    assert "--preset tiny-test (train.lr) 0.5 (the run has 0.001)" in capsys.readouterr().err
+    assert read_checkpoint(run)["step"] == 2
 
 
 def test_resume_cleans_temp_files_and_cuts_metrics_to_the_checkpoint(tiny_run, tmp_path):
