@@ -91,21 +91,26 @@ def default_looser(dataset: str) -> bool:
 
 def train_config(model: str, dataset: str, data_fraction: float, epochs: int, max_steps: int | None, K: int,
                  N: int, gamma: float, batch_size: int, device: str = "auto", source: str = "offline",
-                 data_root: str | None = None, looser: bool | None = None) -> RunConfig:
+                 data_root: str | None = None, looser: bool | None = None,
+                 tight_after: int | None = None) -> RunConfig:
     """The run the Train form asks for, through the config schema (engine.config.resolve): the
     chosen settings over the defaults and the dataset's defaults (ConfigError where they do not fit).
 
     ``data_root`` is kept only where it is read: dataset ``cub`` or source ``real``. ``looser`` is
     set only for variants whose model supports the looser bound (MMVAE's); None, and the others, keep
-    the engine's default.
+    the engine's default. So is ``tight_after`` (the step from which the tight bound is trained; None
+    or 0: never), which the schema refuses without the looser bound.
     """
     chosen = {"variant": model, "data.source": source, "data.data_fraction": float(data_fraction),
               "data.root": str(data_root) if needs_data_root(dataset, source) and data_root else None,
               "train.epochs": int(epochs), "train.max_steps": int(max_steps) if max_steps else None,
               "objective.K": int(K), "objective.N": int(N), "objective.gamma": float(gamma),
               "train.batch_size": int(batch_size), "train.device": device}
-    if looser is not None and model_class(parse_variant(model)[0]).supports_looser:
-        chosen["objective.looser"] = bool(looser)
+    if model_class(parse_variant(model)[0]).supports_looser:
+        if looser is not None:
+            chosen["objective.looser"] = bool(looser)
+        if tight_after:
+            chosen["objective.tight_after"] = int(tight_after)
     return resolve(overrides=chosen, dataset=dataset)
 
 

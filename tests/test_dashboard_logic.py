@@ -149,6 +149,9 @@ def test_train_config_asks_for_the_looser_bound_only_for_mmvae(model, expected):
     assert jobs.default_looser("mnist-svhn") and jobs.default_looser("cub-synthetic")
     assert jobs.train_config(model, "cub-synthetic", 1.0, 1, None, 2, 1, 2.0, 8, looser=True).objective.looser is expected
     assert not jobs.train_config(model, "cub-synthetic", 1.0, 1, None, 2, 1, 2.0, 8, looser=False).objective.looser
+    tight = jobs.train_config(model, "mnist-svhn", 1.0, 1, None, 2, 1, 2.0, 8, looser=True, tight_after=50)
+    assert tight.objective.tight_after == (50 if expected else None)
+    assert jobs.train_config(model, "mnist-svhn", 1.0, 1, None, 2, 1, 2.0, 8, tight_after=0).objective.tight_after is None
 
 
 @pytest.mark.parametrize("dataset,source,expected", [("cub", "offline", ("offline", "/data/cub")),
@@ -167,6 +170,8 @@ def test_train_config_refuses_what_the_schema_refuses():
 
     with pytest.raises(ConfigError, match="batch_size must be >= 2"):
         jobs.train_config("cI-MMVAE", "mnist-svhn", 0.1, 1, None, 2, 1, 2.0, 1)
+    with pytest.raises(ConfigError, match="trains the tight bound from the start"):
+        jobs.train_config("cI-MMVAE", "mnist-svhn", 0.1, 1, None, 2, 1, 2.0, 8, looser=False, tight_after=10)
 
 
 def test_jobs_one_at_a_time_cancel_and_stale_records(tmp_path):
