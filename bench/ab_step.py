@@ -6,7 +6,9 @@ given source tree, so that an old commit and the current code can be timed in th
     python bench/ab_step.py . bf16
 
 Prints the median and the fastest of 9 steps (after 3 warm-up steps), in ms. Works with the engine's
-``variant_loss`` before and after it stopped taking the family as an argument.
+``variant_loss`` before and after it stopped taking the family as an argument, and uses the trainer's
+optimiser where the tree has ``engine.train.optimizer`` (plain AMSGrad Adam before). Run it as the
+engine's CLI runs (``THP_MEM_ALLOC_ENABLE=1``, which ``python -m engine`` sets) to time what training gets.
 """
 from __future__ import annotations
 
@@ -32,7 +34,11 @@ def main(root: str, precision: str, steps: int = 9) -> None:
     caps[:, 24:], caps[:, 23] = 0, 1
     xs, obj = [torch.randn(32, 1280), caps], ObjectiveConfig(K=2, N=5, looser=True)
     takes_family = "family" in inspect.signature(variant_loss).parameters
-    opt = torch.optim.Adam(model.parameters(), 1e-3, amsgrad=True)
+    try:
+        from engine.train import optimizer                   # the trainer's own optimiser, where it has one
+        opt = optimizer(model, 1e-3)
+    except ImportError:
+        opt = torch.optim.Adam(model.parameters(), 1e-3, amsgrad=True)
 
     def step() -> float:
         t = time.perf_counter()

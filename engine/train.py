@@ -68,6 +68,14 @@ def test_iwae(model, dataset, K: int, max_pairs: int = 512, batch_size: int = 12
     return total / max(n, 1)
 
 
+def optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam with AMSGrad (Shi et al.'s optimiser), fused into one kernel on CPU and CUDA: the
+    per-parameter update loop is ~2 % of a bird step (BENCHMARKS.md, "Birds step")."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, amsgrad=True, fused=fused)
+
+
 def _distributed(device: torch.device) -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether we created the process group) under torchrun.
 
@@ -168,8 +176,7 @@ class _Run:
         self.model = model_from_config(cfg).to(self.device).set_precision(cfg.train.precision)
         if rank:
             torch.manual_seed(cfg.train.seed + rank)
-        self.opt = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                    amsgrad=True)
+        self.opt = optimizer(self.model, cfg.train.lr)
         self.gen = torch.Generator().manual_seed(cfg.train.seed + rank)
         self.epoch, self.step, self.batch_in_epoch, self.best = 0, 0, 0, None
         if saved is not None:

@@ -88,6 +88,26 @@ def test_sentence_likelihood_ignores_tokens_after_eos():
     assert torch.allclose(mod.log_likelihood(logits, x), by_hand)
 
 
+
+@pytest.mark.parametrize("x_lead", [(4,), (3, 2, 4)])
+def test_sentence_likelihood_gradient_equals_log_softmax_reference(x_lead):
+    """The fused token log-likelihood (its backward written out) gives log_softmax + gather's values
+    and gradients, for logits of the captions' shape and for logits broadcast against captions."""
+    torch.manual_seed(0)
+    mod = CUBSentence(latent_dim=4, vocab_size=20)
+    x = torch.randint(2, 20, (*x_lead, 32))
+    x[..., 7] = 1
+    x.view(-1, 32)[0, 3] = 0                                  # a <pad> ends one caption early
+    logits = torch.randn(3, 2, 4, 32, 20, dtype=torch.float64, requires_grad=True)
+    for params in (logits, logits[:, :1]):                    # full lead; broadcast over dim 1
+        lead = torch.broadcast_shapes(params.shape[:-1], x.shape)
+        logp = torch.log_softmax(params, -1).expand(*lead, 20)
+        ref = (logp.gather(-1, x.expand(lead).unsqueeze(-1)).squeeze(-1) * mod.token_mask(x)).sum(-1)
+        out = mod.log_likelihood(params, x)
+        torch.testing.assert_close(out, ref)
+        g = torch.randn_like(ref)
+        torch.testing.assert_close(torch.autograd.grad(out, logits, g)[0], torch.autograd.grad(ref, logits, g)[0])
+
 def test_prepare_config_fills_vocab_size_and_feature_dim():
     from engine.train import prepare_config
 

@@ -31,8 +31,22 @@ class MMVAE(MultimodalVAE):
         # One decoder call per target modality over all strata's K*B latents.
         z_all = torch.stack(zs)                                   # (M, K, B, L)
         decoded = [mod.decode(z_all) for mod in self.mods]        # [n] -> (M, K, B, ...)
-        params = [[decoded[n][s] for n in range(len(self.mods))] for s in range(len(xs))]
-        return Encoded(list(xs), K, locs, scales, list(noise), zs, params)
+        strata = [d.unbind(0) for d in decoded]
+        params = [[strata[n][s] for n in range(len(self.mods))] for s in range(len(xs))]
+        return Encoded(list(xs), K, locs, scales, list(noise), zs, params, {"decoded": decoded})
+
+    def _logliks(self, enc: Encoded, scaled: bool) -> list[torch.Tensor]:
+        """[n] -> (M, K, B) log p(x_n | z_s) for every stratum s, scored over the stacked decode in
+        one call: the decoder output then gets its gradient in one piece, where per-stratum slices
+        would each zero-fill a decoder-output-sized buffer in backward (the bird caption logits)."""
+        key = ("ll", scaled)
+        if key not in enc.extra:
+            stacked = enc.extra.get("decoded")
+            enc.extra[key] = [
+                self.loglik(n, stacked[n], enc.xs[n], scaled) if stacked is not None
+                else torch.stack([self.loglik(n, p[n], enc.xs[n], scaled) for p in enc.params])
+                for n in range(len(self.mods))]
+        return enc.extra[key]
 
     def _cached(self, enc: Encoded, scaled: bool) -> dict:
         """Per-item terms every pair reuses: log p(z_s), log q(z_s|x_s), log p(x_s|z_s)."""
@@ -41,7 +55,7 @@ class MMVAE(MultimodalVAE):
             lpz = [self.log_prior(z) for z in enc.z]
             lq_self = [D.log_prob(self.posterior_family, enc.loc[s], enc.scale[s], enc.z[s]).sum(-1)
                        for s in range(len(enc.z))]
-            ll_self = [self.loglik(s, enc.params[s][s], enc.xs[s], scaled) for s in range(len(enc.z))]
+            ll_self = [ll[s] for s, ll in enumerate(self._logliks(enc, scaled))]
             enc.extra[key] = (lpz, lq_self, ll_self)
         return enc.extra[key]
 
@@ -65,7 +79,8 @@ class MMVAE(MultimodalVAE):
                 if detach_q:
                     loc, sc = loc.detach(), sc.detach()
                 own_lq = D.log_prob(self.posterior_family, loc, sc, z).sum(-1)
-                own_ll = self.loglik(s, take(enc.params[s][s], js, 1), take(enc.xs[s], js), scaled)
+                own_ll = (self._logliks(enc, scaled)[s][s] if J is None else
+                          self.loglik(s, take(enc.params[s][s], js, 1), take(enc.xs[s], js), scaled))
             lq, lpx = [], own_ll
             for m in range(M):
                 if m == s:
@@ -76,7 +91,8 @@ class MMVAE(MultimodalVAE):
                 if detach_q:
                     loc, sc = loc.detach(), sc.detach()
                 lq.append(D.log_prob(self.posterior_family, loc, sc, z).sum(-1))
-                lpx = lpx + self.loglik(m, take(enc.params[s][m], js, 1), take(enc.xs[m], jm), scaled)
+                lpx = lpx + (self._logliks(enc, scaled)[m][s] if J is None else
+                             self.loglik(m, take(enc.params[s][m], js, 1), take(enc.xs[m], jm), scaled))
             lws.append(lp + lpx - D.mixture_log_prob(torch.stack(lq)))
         return torch.cat(lws, 0)
 
