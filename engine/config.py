@@ -109,18 +109,26 @@ class ObjectiveConfig:
                                       "from collapsing, the tight bound then trains each decoder on the partner's "
                                       "samples that explain its modality (reports/diagnosis H13)",
                                       V.positive_int, safe_on_resume=True)
+    tight_gamma: float | None = setting(None, "contrastive variants: gamma from tight_after on (None: gamma); under "
+                                        "the tight bound gamma=2's term 2 keeps the SVHN decoder from rendering "
+                                        "MNIST latents, gamma=4 does not (reports/diagnosis H15)",
+                                        V.gamma_value, safe_on_resume=True)
 
     def validate(self) -> None:
         _check_fields(self)
         if self.tight_after is not None and not self.looser:
             raise ConfigError(f"tight_after={self.tight_after} switches the looser bound to the tight one, "
                               "but this run trains the tight bound from the start (looser is off)")
+        if self.tight_gamma is not None and self.tight_after is None:
+            raise ConfigError(f"tight_gamma={self.tight_gamma} is the gamma of the tight phase, but this run "
+                              "has none (set tight_after)")
 
     def at_step(self, step: int) -> "ObjectiveConfig":
         """The objective trained at optimiser step ``step`` (0-based): ``tight_after`` turns the looser
-        bound off from that step on."""
+        bound off from that step on, and ``tight_gamma`` (if set) replaces gamma there."""
         if self.tight_after is not None and step >= self.tight_after:
-            return dataclasses.replace(self, looser=False, tight_after=None)
+            gamma = self.gamma if self.tight_gamma is None else self.tight_gamma
+            return dataclasses.replace(self, looser=False, tight_after=None, gamma=gamma, tight_gamma=None)
         return self
 
 

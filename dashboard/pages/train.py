@@ -46,7 +46,7 @@ if allowed:
         gamma = c9.number_input("gamma", 0.01, 1000.0, 2.0, step=0.5, key="tr_gamma",
                                 help="Weight of the joint term in eq. (4); only the contrastive (c*) variants use it.")
         batch = c10.number_input("Batch size", 2, 4096, 128, key="tr_batch")
-        b1, b2 = st.columns([3, 1])
+        b1, b2, b3 = st.columns([3, 1, 1])
         looser = b1.checkbox("Looser stratified bound (MMVAE variants)", value=jobs.default_looser(dataset),
                              key=f"tr_looser_{dataset}",
                              help="Average each expert's own IWAE instead of one IWAE over both experts' samples "
@@ -58,6 +58,11 @@ if allowed:
                                       help="With the looser bound: train the tight bound from this step on (the "
                                            "shipped MNIST-SVHN recipe: 60,000 looser steps, then 10,000 tight; "
                                            "reports/diagnosis H13). MVAE and JMVAE ignore this.")
+        tight_gamma = b3.number_input("gamma from that step (0: same)", 0.0, 1000.0, 0.0, step=0.5,
+                                      key="tr_tight_gamma",
+                                      help="The contrastive variants' gamma in the tight phase: under the tight "
+                                           "bound gamma 2 keeps the SVHN decoder from rendering MNIST latents, 4 "
+                                           "does not (reports/diagnosis H15). Baselines ignore it.")
         submitted = st.form_submit_button("Start training", type="primary")
 
     if submitted:
@@ -70,7 +75,7 @@ if allowed:
             try:
                 cfg = jobs.train_config(variant, dataset, fraction, epochs, max_steps or None, K, N, gamma, batch,
                                         source=source, data_root=data_root.strip() or None, looser=looser,
-                                        tight_after=tight_after)
+                                        tight_after=tight_after, tight_gamma=tight_gamma)
                 job = jobs.start(run_name, argv, root, config=cfg)
             except jobs.JobBusy as e:
                 st.warning(f"Not started: {e}.")
