@@ -123,6 +123,21 @@ class ObjectiveConfig:
             raise ConfigError(f"tight_gamma={self.tight_gamma} is the gamma of the tight phase, but this run "
                               "has none (set tight_after)")
 
+    def describe(self) -> str:
+        """The objective in one line for people (the Compare page): samples, bound and its phases, and
+        eq. (4)'s settings for the contrastive variants."""
+        parts = [f"K={self.K}"] + (["DReG"] if self.dreg else [])
+        if self.tight_after is not None:
+            parts.append(f"looser bound to step {self.tight_after:,}, then tight")
+        elif self.looser:
+            parts.append("looser bound")
+        if self.contrastive is not None and not math.isinf(self.gamma):
+            gamma = f"γ={self.gamma:g}"
+            if self.tight_gamma is not None and self.tight_after is not None:
+                gamma += f" ({self.tight_gamma:g} from step {self.tight_after:,})"
+            parts.append(f"eq. (4) {gamma}, N={self.N}, term 2 by {self.contrastive.upper()}")
+        return ", ".join(parts)
+
     def at_step(self, step: int) -> "ObjectiveConfig":
         """The objective trained at optimiser step ``step`` (0-based): ``tight_after`` turns the looser
         bound off from that step on, and ``tight_gamma`` (if set) replaces gamma there."""

@@ -124,7 +124,8 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
     ``run_dir`` may also be a checkpoint file: its metrics go beside it (``checkpoint.pt`` ->
     ``checkpoint.metrics.json``), so a run's own metrics.json is never overwritten by another
     checkpoint's. ``train`` gives the run's last step and ``weights_step``, the step of the weights
-    evaluated (a run directory resolves to best.pt, often an earlier step).
+    evaluated (a run directory resolves to best.pt, often an earlier step), and the objective trained
+    (``ObjectiveConfig.describe``), so runs compared side by side say how they were trained.
 
     ``classifiers`` (mnist_clf, svhn_clf, info) and ``data`` may be passed in to skip loading them
     (tests, the reproduce grid); by default they come from ``get_classifiers`` and the run's config.
@@ -155,7 +156,8 @@ def evaluate(run_dir: str | Path, samples: int = 10000, ll_samples: int = 1000, 
     from_file = run_dir.is_file()               # a checkpoint file rather than a run directory
     epochs = read_metrics(run_dir.parent if from_file else run_dir)
     trained = {"steps": epochs[-1]["step"] if epochs else None, "weights_step": model.trained_step,
-               "seconds": round(sum(e.get("seconds", 0.0) for e in epochs), 1)}
+               "seconds": round(sum(e.get("seconds", 0.0) for e in epochs), 1),
+               "objective": cfg.objective.describe()}
     result = {"variant": cfg.variant, "dataset": cfg.data.dataset, "data_fraction": cfg.data.data_fraction,
               "data_sources": dict(data.sources), **result, "train": trained, "seconds": round(time.time() - t0, 1)}
     out = run_dir.with_name(f"{run_dir.stem}.{METRICS_NAME}") if from_file else run_dir / METRICS_NAME

@@ -132,3 +132,15 @@ def test_likelihood_weights_replace_the_automatic_scaling_and_are_checked():
     cfg.model.likelihood_weights = "1,2,3"
     with pytest.raises(ConfigError, match="one weight per modality"):
         model_from_config(cfg)
+
+
+def test_objective_describe_says_how_a_run_was_trained():
+    """The Compare page's one-line objective: eq. (4)'s settings only for contrastive variants, and the
+    tight phase (with its gamma) where there is one."""
+    phased = C.resolve("shipped-mnist-svhn", {"variant": "cI-MMVAE", "objective.tight_gamma": 4.0}, "mnist-svhn")
+    assert phased.objective.describe() == ("K=2, looser bound to step 60,000, then tight, "
+                                           "eq. (4) γ=2 (4 from step 60,000), N=5, term 2 by IWAE")
+    baseline = C.resolve("shipped-mnist-svhn", {"variant": "MMVAE", "objective.tight_gamma": 4.0}, "mnist-svhn")
+    assert baseline.objective.describe() == "K=2, looser bound to step 60,000, then tight"
+    mvae = C.resolve(overrides={"variant": "cC-MVAE", "objective.K": 5}, dataset="mnist-svhn")
+    assert mvae.objective.describe() == "K=5, eq. (4) γ=2, N=5, term 2 by CUBO"

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import engine
 from engine.config import DataConfig
 
 
@@ -91,6 +92,7 @@ def test_evaluating_a_checkpoint_file_writes_beside_it_and_names_its_step(tiny_r
     assert json.loads((run / "checkpoint.metrics.json").read_text()) == json.loads(json.dumps(m))
     assert (run_metrics.read_text() if run_metrics.exists() else None) == before
     assert m["train"]["weights_step"] == step and m["train"]["steps"] is not None
+    assert m["train"]["objective"] == engine.load(ck).config.objective.describe()
 
 
 def test_evaluate_missing_run_is_a_clear_error(tmp_path, capsys):
