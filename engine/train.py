@@ -181,6 +181,7 @@ class _Run:
         self.epoch, self.step, self.batch_in_epoch, self.best = 0, 0, 0, None
         if saved is not None:
             self._restore(saved)
+        self.unsaved_changes = bool(changes)
         if rank == 0:
             _prepare_out(out, cfg, self.step, self.best)
             if saved is not None:
@@ -331,15 +332,18 @@ class _Run:
             raise Diverged(f"the run is diverging: {problem or 'rank 0 found it so'}; stopped without saving. "
                            f"{self.kept()} Try a lower --lr (or a larger --divergence-tolerance).")
         self.saved_step, self.last_save, self.t0, self.sums, self.count = step, time.monotonic(), time.time(), {}, 0
+        self.unsaved_changes = False
 
     def save_if_due(self, done_epochs: int, in_epoch: int, force: bool = False) -> None:
-        """Checkpoint where a trigger fires (steps, minutes, a signal, ``force``); stop after a signal."""
+        """Checkpoint where a trigger fires (steps, minutes, a signal, ``force``); stop after a signal.
+        Settings changed on resume are saved even when no step is left to train, so that the
+        checkpoint's config agrees with config.json (no held-out line is added for an unchanged step)."""
         t = self.cfg.train
         stopping, due = _agree([self.stop.signum is not None,
                                 self.step - self.saved_step >= t.checkpoint_every
                                 or time.monotonic() - self.last_save >= 60 * t.checkpoint_minutes], self.world)
-        if self.step > self.saved_step and (force or stopping or due):
-            self.checkpoint(done_epochs, in_epoch, evaluate=not stopping)
+        if (self.step > self.saved_step or self.unsaved_changes) and (force or stopping or due):
+            self.checkpoint(done_epochs, in_epoch, evaluate=not stopping and self.step > self.saved_step)
         if stopping:
             signum = self.stop.signum
             name = signal.Signals(signum).name if signum else "a signal"

@@ -312,6 +312,14 @@ def test_resume_with_a_changed_preset_applies_it_or_names_the_conflict(tmp_path,
     assert main(["train", *TINY_FLAGS, "--preset", "tiny-test", "--resume", "--out", str(run)]) == 0
     ck = read_checkpoint(run)
     assert ck["step"] == 2 and ck["config"]["objective"]["tight_after"] == 1
+    curve = (run / "metrics.jsonl").read_text()
+    monkeypatch.setitem(C.PRESETS, "tiny-test", {"train.max_steps": 2, "objective.tight_after": 1,
+                                                 "objective.tight_gamma": 4.0})
+    assert main(["train", *TINY_FLAGS, "--preset", "tiny-test", "--resume", "--out", str(run)]) == 0
+    ck = read_checkpoint(run / "checkpoint.pt")    # nothing left to train: the setting is saved all the same
+    assert ck["step"] == 2 and ck["config"]["objective"]["tight_gamma"] == 4.0
+    assert json.loads((run / "config.json").read_text())["objective"]["tight_gamma"] == 4.0
+    assert (run / "metrics.jsonl").read_text() == curve
     monkeypatch.setitem(C.PRESETS, "tiny-test", {"train.max_steps": 3, "train.lr": 0.5})
     capsys.readouterr()
     assert main(["train", *TINY_FLAGS, "--preset", "tiny-test", "--resume", "--out", str(run)]) == 2
