@@ -72,7 +72,7 @@ def optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
     """Adam with AMSGrad (Shi et al.'s optimiser), fused into one kernel on CPU and CUDA: the
     per-parameter update loop is ~2 % of a bird step (BENCHMARKS.md, "Birds step")."""
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=lr, amsgrad=True, fused=fused)
 
 

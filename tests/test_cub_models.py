@@ -88,7 +88,6 @@ def test_sentence_likelihood_ignores_tokens_after_eos():
     assert torch.allclose(mod.log_likelihood(logits, x), by_hand)
 
 
-
 @pytest.mark.parametrize("x_lead", [(4,), (3, 2, 4)])
 def test_sentence_likelihood_gradient_equals_log_softmax_reference(x_lead):
     """The fused token log-likelihood (its backward written out) gives log_softmax + gather's values
@@ -107,6 +106,7 @@ def test_sentence_likelihood_gradient_equals_log_softmax_reference(x_lead):
         torch.testing.assert_close(out, ref)
         g = torch.randn_like(ref)
         torch.testing.assert_close(torch.autograd.grad(out, logits, g)[0], torch.autograd.grad(ref, logits, g)[0])
+
 
 def test_prepare_config_fills_vocab_size_and_feature_dim():
     from engine.train import prepare_config

@@ -41,11 +41,7 @@ class MMVAE(MultimodalVAE):
         would each zero-fill a decoder-output-sized buffer in backward (the bird caption logits)."""
         key = ("ll", scaled)
         if key not in enc.extra:
-            stacked = enc.extra.get("decoded")
-            enc.extra[key] = [
-                self.loglik(n, stacked[n], enc.xs[n], scaled) if stacked is not None
-                else torch.stack([self.loglik(n, p[n], enc.xs[n], scaled) for p in enc.params])
-                for n in range(len(self.mods))]
+            enc.extra[key] = [self.loglik(n, d, enc.xs[n], scaled) for n, d in enumerate(enc.extra["decoded"])]
         return enc.extra[key]
 
     def _cached(self, enc: Encoded, scaled: bool) -> dict:
