@@ -91,19 +91,27 @@ def repeated_token_rate(token_lists: list[list[str]]) -> float:
 ATTRIBUTES_FILE = "synthetic_attributes.json"
 
 
+def image_attribute_table(data) -> list[dict] | None:
+    """The generator's attributes of every test image, in the order of ``data.image_ids["test"]``;
+    None where the data has no generator attributes (real CUB)."""
+    path = Path(data.root) / ATTRIBUTES_FILE if getattr(data, "root", None) else None
+    if path is None or not path.is_file():
+        return None
+    truth = json.loads(path.read_text())["images"]
+    return [truth[str(i)]["attributes"] for i in data.image_ids["test"]]
+
+
 @torch.no_grad()
 def caption_quality(model, data, n: int = 500, seed: int = 0) -> dict | None:
     """Captions generated from ``n`` test images (greedy, z ~ q(z | image)): attribute coherence
     with its chance, and the repeated-token rate. None where the data has no generator attributes
     (real CUB); only the procedural birds know what is true of an image."""
-    path = Path(data.root) / ATTRIBUTES_FILE if getattr(data, "root", None) else None
-    if path is None or not path.is_file():
+    table = image_attribute_table(data)
+    if table is None:
         return None
-    truth = json.loads(path.read_text())["images"]
     order = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))[:n]
     (x, _), _ = data.test.batch(order)
-    image_rows = data.test.index[order, 0].tolist()
-    attrs = [truth[str(data.image_ids["test"][r])]["attributes"] for r in image_rows]
+    attrs = [table[r] for r in data.test.index[order, 0].tolist()]
     gen = torch.Generator(device=model.device).manual_seed(seed)
     with eval_mode(model):
         z = model.posterior_sample(*model.unimodal_posterior(0, x.to(model.device)), gen)

@@ -8,27 +8,23 @@ paired image and caption posterior means.
 
     CMVAE_CACHE=... PYTHONPATH=. python reports/diagnosis/caption_offsets.py RUN/checkpoint.pt [...]
 """
-import json
 import sys
-from pathlib import Path
 
 import torch
 
 import engine
 from engine.captions import caption_tokens, eval_mode
-from engine.metrics.attributes import ATTRIBUTES_FILE, attribute_coherence, repeated_token_rate
+from engine.metrics.attributes import attribute_coherence, image_attribute_table, repeated_token_rate
 from engine.registry import build_data
 
 
 @torch.no_grad()
-def main(run: str, n: int = 500) -> None:
-    model = engine.load(run, "cpu")
-    data = build_data(model.config.data, progress=False, splits=("test",))
+def offsets(model, data, n: int = 500) -> None:
     g = torch.Generator().manual_seed(0)
     order = torch.randperm(len(data.test), generator=g)[:n]
     (x, c), _ = data.test.batch(order)
-    truth = json.loads((Path(data.root) / ATTRIBUTES_FILE).read_text())["images"]
-    attrs = [truth[str(data.image_ids["test"][r])]["attributes"] for r in data.test.index[order, 0].tolist()]
+    table = image_attribute_table(data)
+    attrs = [table[r] for r in data.test.index[order, 0].tolist()]
     with eval_mode(model):
         li, si = model.unimodal_posterior(0, x)
         lc, sc = model.unimodal_posterior(1, c)
@@ -39,7 +35,7 @@ def main(run: str, n: int = 500) -> None:
                    "caption sample": model.posterior_sample(lc, sc, g),
                    "image mean + another pair's offset": li + offset[torch.randperm(len(order), generator=g)],
                    "image mean + mean offset": li + offset.mean(0)}
-        print(run, f"| paired image-caption mean distance (L2) {offset.norm(dim=-1).mean():.2f}")
+        print(f"paired image-caption mean distance (L2) {offset.norm(dim=-1).mean():.2f}")
         for name, z in latents.items():
             texts = [data.vocab.decode(t) for t in caption_tokens(model.mods[1].decode(z), "greedy")]
             coh = attribute_coherence(texts, attrs, 0)
@@ -48,7 +44,15 @@ def main(run: str, n: int = 500) -> None:
                   f" | {texts[0]}")
 
 
+def main() -> None:
+    data = None
+    for run in sys.argv[1:]:
+        model = engine.load(run, "cpu")
+        data = data or build_data(model.config.data, progress=False, splits=("test",))
+        print(run, end=" | ", flush=True)
+        offsets(model, data)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    for path in sys.argv[1:]:
-        main(path)
+    main()

@@ -15,19 +15,17 @@ caption's latent.
 """
 import json
 import sys
-from pathlib import Path
 
 import torch
 
 import engine
 from engine.captions import caption_tokens, eval_mode
-from engine.metrics.attributes import ATTRIBUTES_FILE, attribute_coherence, repeated_token_rate
+from engine.metrics.attributes import attribute_coherence, repeated_token_rate, image_attribute_table
 from engine.registry import build_data
 
 
 @torch.no_grad()
 def spread(model, data, n_images: int = 200) -> dict:
-    truth = json.loads((Path(data.root) / ATTRIBUTES_FILE).read_text())["images"]
     feats, _ = data.unimodal["test"]["image"]
     caps, _ = data.unimodal["test"]["caption"]
     owner = data.test.index[:, 0]
@@ -48,7 +46,8 @@ def spread(model, data, n_images: int = 200) -> dict:
         decoded = {name: caption_tokens(model.mods[1].decode(z), "greedy").cpu()
                    for name, z in (("image sample", z_img), ("image mean", img_loc),
                                    ("caption centroid", centroids), ("sibling caption", siblings))}
-    attrs = [truth[str(data.image_ids["test"][i])]["attributes"] for i in images.tolist()]
+    table = image_attribute_table(data)
+    attrs = [table[i] for i in images.tolist()]
     out = {"within-image caption spread": torch.stack(within).mean().item(),
            "image mean to centroid": (img_loc - centroids).abs().mean().item(),
            "centroid to centroid (other images)": (centroids - centroids.roll(1, 0)).abs().mean().item()}
