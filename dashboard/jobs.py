@@ -92,15 +92,16 @@ def default_looser(dataset: str) -> bool:
 def train_config(model: str, dataset: str, data_fraction: float, epochs: int, max_steps: int | None, K: int,
                  N: int, gamma: float, batch_size: int, device: str = "auto", source: str = "offline",
                  data_root: str | None = None, looser: bool | None = None,
-                 tight_after: int | None = None, tight_gamma: float | None = None) -> RunConfig:
+                 tight_after: int | None = None, tight_gamma: float | None = None,
+                 tight_K: int | None = None) -> RunConfig:
     """The run the Train form asks for, through the config schema (engine.config.resolve): the
     chosen settings over the defaults and the dataset's defaults (ConfigError where they do not fit).
 
     ``data_root`` is kept only where it is read: dataset ``cub`` or source ``real``. ``looser`` is
     set only for variants whose model supports the looser bound (MMVAE's); None, and the others, keep
     the engine's default. So is ``tight_after`` (the step from which the tight bound is trained; None
-    or 0: never), which the schema refuses without the looser bound, and ``tight_gamma`` (gamma from
-    that step on; None or 0: gamma throughout), kept only with ``tight_after``.
+    or 0: never), which the schema refuses without the looser bound, and ``tight_gamma`` / ``tight_K``
+    (gamma / K from that step on; None or 0: the same throughout), kept only with ``tight_after``.
     """
     chosen = {"variant": model, "data.source": source, "data.data_fraction": float(data_fraction),
               "data.root": str(data_root) if needs_data_root(dataset, source) and data_root else None,
@@ -114,6 +115,8 @@ def train_config(model: str, dataset: str, data_fraction: float, epochs: int, ma
             chosen["objective.tight_after"] = int(tight_after)
             if tight_gamma:
                 chosen["objective.tight_gamma"] = float(tight_gamma)
+            if tight_K:
+                chosen["objective.tight_K"] = int(tight_K)
     return resolve(overrides=chosen, dataset=dataset)
 
 

@@ -113,22 +113,27 @@ class ObjectiveConfig:
                                         "the tight bound gamma=2's term 2 keeps the SVHN decoder from rendering "
                                         "MNIST latents, gamma=4 does not (reports/diagnosis H15)",
                                         V.gamma_value, safe_on_resume=True)
+    tight_K: int | None = setting(None, "importance samples from tight_after on (None: K); the bird recipe's "
+                                  "tight phase at K=10 puts the image's colours into its latents, which K=2 "
+                                  "does less of (reports/diagnosis H19)", V.positive_int, safe_on_resume=True)
 
     def validate(self) -> None:
         _check_fields(self)
         if self.tight_after is not None and not self.looser:
             raise ConfigError(f"tight_after={self.tight_after} switches the looser bound to the tight one, "
                               "but this run trains the tight bound from the start (looser is off)")
-        if self.tight_gamma is not None and self.tight_after is None:
-            raise ConfigError(f"tight_gamma={self.tight_gamma} is the gamma of the tight phase, but this run "
-                              "has none (set tight_after)")
+        for name in ("tight_gamma", "tight_K"):
+            if getattr(self, name) is not None and self.tight_after is None:
+                raise ConfigError(f"{name}={getattr(self, name)} is a setting of the tight phase, but this run "
+                                  "has none (set tight_after)")
 
     def describe(self) -> str:
         """The objective in one line for people (the Compare page): samples, bound and its phases, and
         eq. (4)'s settings for the contrastive variants."""
         parts = [f"K={self.K}"] + (["DReG"] if self.dreg else [])
         if self.tight_after is not None:
-            parts.append(f"looser bound to step {self.tight_after:,}, then tight")
+            tight = "tight" if self.tight_K is None else f"tight at K={self.tight_K}"
+            parts.append(f"looser bound to step {self.tight_after:,}, then {tight}")
         elif self.looser:
             parts.append("looser bound")
         if self.contrastive is not None and not math.isinf(self.gamma):
@@ -140,10 +145,12 @@ class ObjectiveConfig:
 
     def at_step(self, step: int) -> "ObjectiveConfig":
         """The objective trained at optimiser step ``step`` (0-based): ``tight_after`` turns the looser
-        bound off from that step on, and ``tight_gamma`` (if set) replaces gamma there."""
+        bound off from that step on, and ``tight_gamma`` / ``tight_K`` (if set) replace gamma / K there."""
         if self.tight_after is not None and step >= self.tight_after:
             gamma = self.gamma if self.tight_gamma is None else self.tight_gamma
-            return dataclasses.replace(self, looser=False, tight_after=None, gamma=gamma, tight_gamma=None)
+            K = self.K if self.tight_K is None else self.tight_K
+            return dataclasses.replace(self, looser=False, tight_after=None, gamma=gamma, tight_gamma=None,
+                                       K=K, tight_K=None)
         return self
 
 

@@ -142,5 +142,7 @@ def test_objective_describe_says_how_a_run_was_trained():
                                            "eq. (4) γ=2 (4 from step 60,000), N=5, term 2 by IWAE")
     baseline = C.resolve("shipped-mnist-svhn", {"variant": "MMVAE", "objective.tight_gamma": 4.0}, "mnist-svhn")
     assert baseline.objective.describe() == "K=2, looser bound to step 60,000, then tight"
+    more = C.resolve("shipped-mnist-svhn", {"variant": "MMVAE", "objective.tight_K": 10}, "mnist-svhn")
+    assert more.objective.describe() == "K=2, looser bound to step 60,000, then tight at K=10"
     mvae = C.resolve(overrides={"variant": "cC-MVAE", "objective.K": 5}, dataset="mnist-svhn")
     assert mvae.objective.describe() == "K=5, eq. (4) γ=2, N=5, term 2 by CUBO"

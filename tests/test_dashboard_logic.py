@@ -153,9 +153,11 @@ def test_train_config_asks_for_the_looser_bound_only_for_mmvae(model, expected):
     assert tight.objective.tight_after == (50 if expected else None)
     assert jobs.train_config(model, "mnist-svhn", 1.0, 1, None, 2, 1, 2.0, 8, tight_after=0).objective.tight_after is None
     phased = jobs.train_config(model, "mnist-svhn", 1.0, 1, None, 2, 1, 2.0, 8, looser=True, tight_after=50,
-                               tight_gamma=4.0)
+                               tight_gamma=4.0, tight_K=10)
     assert phased.objective.tight_gamma == (4.0 if expected else None) and phased.objective.gamma == 2.0
+    assert phased.objective.tight_K == (10 if expected else None) and phased.objective.K == 2
     assert jobs.train_config(model, "mnist-svhn", 1.0, 1, None, 2, 1, 2.0, 8, tight_gamma=4.0).objective.tight_gamma is None
+    assert jobs.train_config(model, "mnist-svhn", 1.0, 1, None, 2, 1, 2.0, 8, tight_K=10).objective.tight_K is None
 
 
 @pytest.mark.parametrize("dataset,source,expected", [("cub", "offline", ("offline", "/data/cub")),

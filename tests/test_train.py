@@ -151,26 +151,30 @@ def test_looser_bound_is_refused_where_it_does_not_apply(tmp_path):
 
 def test_tight_after_trains_the_looser_bound_then_the_tight_one(tmp_path, monkeypatch):
     """--tight-after k: steps 0..k-1 train the looser bound, steps k.. the tight one, with gamma replaced
-    by --tight-gamma there; both need what they switch from, and may be set when resuming."""
+    by --tight-gamma and K by --tight-K there; all need what they switch from, and may be set when resuming."""
     import engine.train as T
 
     real, seen = T.variant_loss, []
 
     def recording(model, xs, obj, *a, **k):
-        seen.append((obj.looser, obj.gamma))
+        seen.append((obj.looser, obj.gamma, obj.K))
         return real(model, xs, obj, *a, **k)
 
     monkeypatch.setattr(T, "variant_loss", recording)
     cfg = tiny_config("cI-MMVAE", max_steps=2)
     cfg.objective.looser = True
     train(cfg, tmp_path / "run", progress=False)
-    cfg.objective.tight_after, cfg.objective.tight_gamma, cfg.train.max_steps = 3, 4.0, 5
+    cfg.objective.tight_after, cfg.objective.tight_gamma, cfg.objective.tight_K, cfg.train.max_steps = 3, 4.0, 3, 5
     train(cfg, tmp_path / "run", resume=True, progress=False)
-    assert seen == [(True, 2.0)] * 3 + [(False, 4.0)] * 2
+    assert seen == [(True, 2.0, 2)] * 3 + [(False, 4.0, 3)] * 2
     objective = read_checkpoint(tmp_path / "run")["config"]["objective"]
     assert (objective["tight_after"], objective["gamma"], objective["tight_gamma"]) == (3, 2.0, 4.0)
+    assert (objective["K"], objective["tight_K"]) == (2, 3)
     cfg.objective.tight_after = None
-    with pytest.raises(ConfigError, match="gamma of the tight phase"):
+    with pytest.raises(ConfigError, match="tight_gamma=4.0 is a setting of the tight phase"):
+        cfg.validate()
+    cfg.objective.tight_gamma = None
+    with pytest.raises(ConfigError, match="tight_K=3 is a setting of the tight phase"):
         cfg.validate()
     cfg.objective.tight_after, cfg.objective.looser = 3, False
     with pytest.raises(ConfigError, match="trains the tight bound from the start"):

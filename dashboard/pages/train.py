@@ -46,7 +46,7 @@ if allowed:
         gamma = c9.number_input("gamma", 0.01, 1000.0, 2.0, step=0.5, key="tr_gamma",
                                 help="Weight of the joint term in eq. (4); only the contrastive (c*) variants use it.")
         batch = c10.number_input("Batch size", 2, 4096, 128, key="tr_batch")
-        b1, b2, b3 = st.columns([3, 1, 1])
+        b1, b2, b3, b4 = st.columns([3, 1, 1, 1])
         looser = b1.checkbox("Looser stratified bound (MMVAE variants)", value=jobs.default_looser(dataset),
                              key=f"tr_looser_{dataset}",
                              help="Average each expert's own IWAE instead of one IWAE over both experts' samples "
@@ -63,6 +63,9 @@ if allowed:
                                       help="The contrastive variants' gamma in the tight phase: under the tight "
                                            "bound gamma 2 keeps the SVHN decoder from rendering MNIST latents, 4 "
                                            "does not (reports/diagnosis H15). Baselines ignore it.")
+        tight_K = b4.number_input("K from that step (0: same)", 0, 1000, 0, key="tr_tight_K",
+                                  help="Importance samples in the tight phase (the shipped bird recipe: K=10 for "
+                                       "its last 3,000 steps; reports/diagnosis H19).")
         submitted = st.form_submit_button("Start training", type="primary")
 
     if submitted:
@@ -75,7 +78,7 @@ if allowed:
             try:
                 cfg = jobs.train_config(variant, dataset, fraction, epochs, max_steps or None, K, N, gamma, batch,
                                         source=source, data_root=data_root.strip() or None, looser=looser,
-                                        tight_after=tight_after, tight_gamma=tight_gamma)
+                                        tight_after=tight_after, tight_gamma=tight_gamma, tight_K=tight_K)
                 job = jobs.start(run_name, argv, root, config=cfg)
             except jobs.JobBusy as e:
                 st.warning(f"Not started: {e}.")
