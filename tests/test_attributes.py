@@ -43,6 +43,14 @@ def test_wrong_colour_is_not_coherent():
         attribute_coherence(["a red crown"], attrs)
 
 
+def test_a_repeated_colour_word_counts_once_per_caption():
+    """A degenerate caption repeating one true colour must not outweigh others' wrong ones."""
+    attrs = [{"crown": "red", "wing": "blue"}, {"crown": "green", "wing": "black"}]
+    r = attribute_coherence(["this bird has red red red red red red", "a red crown"], attrs)
+    assert r["mentions"] == 2 and r["coherence"] == pytest.approx(1 / 2)
+    assert attribute_coherence(["a red crown and a red crown", "wings that are black"], attrs)["mentions"] == 2
+
+
 def test_repeated_token_rate():
     assert repeated_token_rate([["a", "a", "bird"], ["a", "bird"], ["and", "and"], ["bird"]]) == 0.5
     with pytest.raises(ValueError):

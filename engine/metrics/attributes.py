@@ -62,12 +62,14 @@ def mention_is_true(colour: str, part: str | None, attrs: dict) -> bool:
 def attribute_coherence(captions: list[str], attrs: list[dict], seed: int = 0) -> dict:
     """Share of true colour mentions of ``captions[i]`` about image ``attrs[i]``, and its chance.
 
-    Chance scores the same captions against a random derangement of the images. Returns
-    coherence, chance, mentions (total colour words) and captions_with_mentions.
+    Each caption's distinct (colour, part) mentions count once, so a degenerate caption that repeats
+    one colour word ("rufous rufous rufous …") weighs as one mention, not as many (reports/diagnosis
+    H19). Chance scores the same captions against a random derangement of the images. Returns
+    coherence, chance, mentions (distinct per caption, summed) and captions_with_mentions.
     """
     if len(captions) != len(attrs) or len(captions) < 2:
         raise ValueError("attribute_coherence needs as many captions as images, at least two")
-    mentions = [colour_mentions(c) for c in captions]
+    mentions = [list(dict.fromkeys(colour_mentions(c))) for c in captions]
     n = sum(len(m) for m in mentions)
     cycle = np.random.default_rng(seed).permutation(len(attrs))
     perm = np.empty_like(cycle)
