@@ -322,6 +322,21 @@ def fmt_percent(v: Any) -> str:
     return f"{float(v) * 100:.3g} %"
 
 
+def caption_quality_note(metrics: dict | None) -> str | None:
+    """What ``engine evaluate`` measured of a bird model's image→caption captions (metrics.json's
+    ``captions``), in one sentence to show beside generated captions; None where it was not measured."""
+    q = (metrics or {}).get("captions")
+    if not isinstance(q, dict) or "repeated_token_rate" not in q:
+        return None
+    ac = q.get("attribute_coherence") or {}
+    text = (f"Measured on {fmt_number(q.get('n'))} test images: {fmt_percent(q['repeated_token_rate'])} of the "
+            "captions this model generates from images repeat a word back to back")
+    if ac.get("mentions"):
+        text += (f"; of their {fmt_number(ac['mentions'])} colour mentions, {fmt_percent(ac.get('coherence'))} are "
+                 f"true of the image (chance {fmt_percent(ac.get('chance'))})")
+    return text + "."
+
+
 def is_percent_key(key: str) -> bool:
     """Whether a (dotted) metric name is a rate shown as a percentage: coherence, accuracy, precision,
     recall(@k), F1, fractions, rates. CCA 'coherence' is a correlation, not a rate."""

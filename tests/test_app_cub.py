@@ -193,3 +193,23 @@ def test_cub_sampled_captions_differ_from_greedy_ones(cub):
     generate(at, "image_to_caption", 4, "sample")
     assert problems(at) == [] and not at.error
     assert shown_text(at) != greedy
+
+
+def test_image_captions_come_with_what_evaluate_measured_of_them(cub):
+    """Beside captions generated from images, the page says how often the model's image captions repeat
+    words and how many colours they get right (metrics.json), so a demo does not oversell them."""
+    import json
+
+    from dashboard.runs import find_runs
+
+    metrics = find_runs()[0].path / "metrics.json"
+    metrics.write_text(json.dumps({"captions": {"repeated_token_rate": 0.25, "n": 500, "attribute_coherence":
+                                                {"coherence": 0.5, "chance": 0.125, "mentions": 40}}}))
+    try:
+        at = generate(app("generations"), "image_to_caption", 2)
+        notes = [c.value for c in at.caption if c.value.startswith("Measured on 500 test images")]
+        assert notes and "25 % of the captions" in notes[0] and "50 % are true of the image (chance 12.5 %)" in notes[0]
+        generate(at, "caption_to_image", 2)
+        assert not [c.value for c in at.caption if c.value.startswith("Measured on")]
+    finally:
+        metrics.unlink()

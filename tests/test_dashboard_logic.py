@@ -290,3 +290,14 @@ def test_score_cap_and_pieces():
     assert "150,000 importance samples" in msg and "lower K to 6" in msg and "at most 1,000 rows" in msg
     bounds = logic.chunk_bounds(50, 30, work=600)
     assert bounds[0] == (0, 20) and bounds[-1] == (40, 50) and logic.chunk_bounds(3, 1000, work=600) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_caption_quality_note_says_what_evaluate_measured_of_image_captions():
+    m = {"captions": {"repeated_token_rate": 1.0, "n": 500,
+                      "attribute_coherence": {"coherence": 0.2, "chance": 0.25, "mentions": 5}}}
+    assert logic.caption_quality_note(m) == ("Measured on 500 test images: 100 % of the captions this model "
+                                             "generates from images repeat a word back to back; of their 5 colour "
+                                             "mentions, 20 % are true of the image (chance 25 %).")
+    m["captions"]["attribute_coherence"] = {"coherence": None, "chance": None, "mentions": 0}
+    assert logic.caption_quality_note(m).endswith("repeat a word back to back.")
+    assert logic.caption_quality_note({"cca_coherence": {}}) is None and logic.caption_quality_note(None) is None

@@ -129,6 +129,9 @@ with ui.section():
     if not isinstance(out, dict) or not out:
         st.error("The engine returned no generations for this mode.")
     elif is_cub:
+        note = logic.caption_quality_note(state.metrics_json(run.path)) if mode == "image_to_caption" else None
+        if note:
+            st.caption(note)
         show_cub(out)
     else:
         show_outputs(out, mode, n)
