@@ -113,9 +113,8 @@ class ObjectiveConfig:
                                         "the tight bound gamma=2's term 2 keeps the SVHN decoder from rendering "
                                         "MNIST latents, gamma=4 does not (reports/diagnosis H15)",
                                         V.gamma_value, safe_on_resume=True)
-    tight_K: int | None = setting(None, "importance samples from tight_after on (None: K); the bird recipe's "
-                                  "tight phase at K=10 puts the image's colours into its latents, which K=2 "
-                                  "does less of (reports/diagnosis H19)", V.positive_int, safe_on_resume=True)
+    tight_K: int | None = setting(None, "importance samples from tight_after on (None: K); e.g. a K=2 looser "
+                                  "warm-up, then a K=10 tight phase (reports/diagnosis H19)", V.positive_int, safe_on_resume=True)
 
     def validate(self) -> None:
         _check_fields(self)

@@ -211,5 +211,9 @@ def test_image_captions_come_with_what_evaluate_measured_of_them(cub):
         assert notes and "25 % of the captions" in notes[0] and "50 % are true of the image (chance 12.5 %)" in notes[0]
         generate(at, "caption_to_image", 2)
         assert not [c.value for c in at.caption if c.value.startswith("Measured on")]
+        metrics.write_text("{not json")
+        at = generate(app("generations"), "image_to_caption", 2)
+        assert not at.exception and any("is not valid JSON" in c.value for c in at.caption)
+        assert "generated caption" in [t.strip("*") for t in shown_text(at)]
     finally:
         metrics.unlink()

@@ -129,7 +129,12 @@ with ui.section():
     if not isinstance(out, dict) or not out:
         st.error("The engine returned no generations for this mode.")
     elif is_cub:
-        note = logic.caption_quality_note(state.metrics_json(run.path)) if mode == "image_to_caption" else None
+        note = None
+        if mode == "image_to_caption":
+            try:
+                note = logic.caption_quality_note(state.metrics_json(run.path))
+            except ValueError as e:            # a malformed metrics.json must not hide the captions
+                note = f"{e}; re-run `python -m engine evaluate {run.path}` to rewrite it."
         if note:
             st.caption(note)
         show_cub(out)

@@ -64,8 +64,8 @@ if allowed:
                                            "bound gamma 2 keeps the SVHN decoder from rendering MNIST latents, 4 "
                                            "does not (reports/diagnosis H15). Baselines ignore it.")
         tight_K = b4.number_input("K from that step (0: same)", 0, 1000, 0, key="tr_tight_K",
-                                  help="Importance samples in the tight phase (the shipped bird recipe: K=10 for "
-                                       "its last 3,000 steps; reports/diagnosis H19).")
+                                  help="Importance samples in the tight phase (tried on the birds at K=10: "
+                                       "reports/diagnosis H19). MVAE and JMVAE ignore this.")
         submitted = st.form_submit_button("Start training", type="primary")
 
     if submitted:
